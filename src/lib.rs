@@ -1,0 +1,1 @@
+//! LMFlow-rs facade
