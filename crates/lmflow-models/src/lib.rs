@@ -1,7 +1,55 @@
 //! # lmflow-models
 //!
-//! Hugging Face-compatible causal language models on Burn (work in progress: see docs/models.md).
+//! Hugging Face-compatible causal language models on Burn: load a Hub-layout folder
+//! (`config.json`, `model.safetensors` or sharded `model.safetensors.index.json`, tokenizer
+//! files), run it with the same numerics as `transformers`, decode with a KV cache, and save it
+//! back in a layout `transformers` loads.
+//!
+//! Architectures (by `model_type`): `llama`, `mistral`, `qwen2`, `qwen3` ([`llama`]), `gpt2` ([`gpt2`]), `opt` ([`opt`], also Galactica). See
+//! `docs/models.md` for the support matrix.
+//!
+//! ```
+//! use burn::tensor::{Device, Int, Tensor};
+//! use lmflow_models::{CausalLm, ForwardInput, ModelConfig};
+//!
+//! let device = Device::flex();
+//! let config = ModelConfig::from_json(
+//!     serde_json::json!({
+//!         "model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+//!         "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+//!         "num_key_value_heads": 2
+//!     }),
+//!     "config.json".as_ref(),
+//! )?;
+//! let model = CausalLm::from_config(&config, &device)?;
+//! let ids = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
+//! let out = model.forward(ForwardInput::new(ids), None)?;
+//! assert_eq!(out.logits.dims(), [1, 3, 32]);
+//! # Ok::<(), lmflow_models::ModelError>(())
+//! ```
 
+pub mod activation;
+pub mod attention;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod gpt2;
+pub mod layer_norm;
+pub mod llama;
+pub mod model;
+pub mod norm;
+pub mod opt;
+pub mod rope;
 pub mod tokenizer;
+pub mod weights;
 
+pub use cache::KvCache;
+pub use config::ModelConfig;
+pub use error::ModelError;
+pub use model::{
+    CausalLm, ForwardInput, ForwardOutput, LoadOptions, Pretrained, SUPPORTED_MODEL_TYPES,
+    load_pretrained,
+};
+pub use rope::RopeScaling;
 pub use tokenizer::Tokenizer;
+pub use weights::{WeightSource, save_safetensors};

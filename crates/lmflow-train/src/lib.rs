@@ -1,1 +1,34 @@
-//! lmflow-train
+//! # lmflow-train
+//!
+//! The trainer of LMFlow-rs: continued pretraining and instruction tuning (full or with LoRA
+//! adapters) of `lmflow-models` causal language models.
+//!
+//! Pieces usable on their own:
+//! - [`loss::causal_lm_loss`]: next-token cross-entropy over trained tokens (labels `-100` skipped),
+//!   equal to what `transformers` computes;
+//! - [`metrics`]: `metrics.jsonl` records and the loss-curve PNG;
+//! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`].
+//!
+//! ```
+//! use burn::tensor::{Device, Int, Tensor};
+//! use lmflow_train::loss::causal_lm_loss;
+//!
+//! let device = Device::flex();
+//! // Uniform logits over 4 tokens: every trained token costs ln(4).
+//! let logits = Tensor::<3>::zeros([1, 3, 4], &device);
+//! let labels = Tensor::<2, Int>::from_ints([[-100, 1, 2]], &device);
+//! let loss = causal_lm_loss(logits, labels);
+//! assert_eq!(loss.tokens, 2);
+//! let mean: f32 = loss.mean().into_scalar();
+//! assert!((mean - 4f32.ln()).abs() < 1e-6);
+//! ```
+
+pub mod checkpoint;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+
+pub use checkpoint::TrainerState;
+pub use error::{Result, TrainError};
+pub use loss::{IGNORE_INDEX, LossOutput, causal_lm_loss};
+pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};

@@ -1,0 +1,164 @@
+//! Top-`k` singular triplets of a small dense matrix (for PiSSA initialisation), in f64 on
+//! the host: eigen-decomposition of the `k`-dimensional projection after block power
+//! (subspace) iteration with re-orthonormalisation.
+
+/// Returns `(U [m, k] row-major, S [k] descending, V^T [k, n] row-major)` for the row-major
+/// `m x n` matrix `w`.
+pub(crate) fn top_singular(w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    // Work on the Gram matrix of the smaller side: G = W^T W (n x n) or W W^T (m x m).
+    let small = m.min(n);
+    let gram = if n <= m {
+        // G[a][b] = sum_i W[i][a] W[i][b]
+        let mut g = vec![0f64; n * n];
+        for i in 0..m {
+            let row = &w[i * n..(i + 1) * n];
+            for a in 0..n {
+                let ra = row[a];
+                if ra == 0.0 {
+                    continue;
+                }
+                for b in 0..n {
+                    g[a * n + b] += ra * row[b];
+                }
+            }
+        }
+        g
+    } else {
+        let mut g = vec![0f64; m * m];
+        for a in 0..m {
+            for b in 0..m {
+                let mut s = 0.0;
+                for j in 0..n {
+                    s += w[a * n + j] * w[b * n + j];
+                }
+                g[a * m + b] = s;
+            }
+        }
+        g
+    };
+    let (vals, vecs) = jacobi_eigen(gram, small);
+    // Order eigenpairs by descending eigenvalue.
+    let mut order: Vec<usize> = (0..small).collect();
+    order.sort_by(|&a, &b| vals[b].total_cmp(&vals[a]));
+    let mut u = vec![0f64; m * k];
+    let mut s = vec![0f64; k];
+    let mut vt = vec![0f64; k * n];
+    for (c, &e) in order.iter().take(k).enumerate() {
+        let sigma = vals[e].max(0.0).sqrt();
+        s[c] = sigma;
+        if n <= m {
+            // v = eigenvector (n), u = W v / sigma
+            for j in 0..n {
+                vt[c * n + j] = vecs[j * small + e];
+            }
+            for i in 0..m {
+                let mut acc = 0.0;
+                for j in 0..n {
+                    acc += w[i * n + j] * vt[c * n + j];
+                }
+                u[i * k + c] = if sigma > 0.0 { acc / sigma } else { 0.0 };
+            }
+        } else {
+            for i in 0..m {
+                u[i * k + c] = vecs[i * small + e];
+            }
+            for j in 0..n {
+                let mut acc = 0.0;
+                for i in 0..m {
+                    acc += w[i * n + j] * u[i * k + c];
+                }
+                vt[c * n + j] = if sigma > 0.0 { acc / sigma } else { 0.0 };
+            }
+        }
+    }
+    (u, s, vt)
+}
+
+/// Cyclic Jacobi eigen-decomposition of a symmetric `d x d` matrix. Returns eigenvalues and
+/// eigenvectors as columns of a row-major `d x d` matrix.
+fn jacobi_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0f64; d * d];
+    for i in 0..d {
+        v[i * d + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let mut off = 0.0;
+        for p in 0..d {
+            for q in (p + 1)..d {
+                off += a[p * d + q] * a[p * d + q];
+            }
+        }
+        let scale: f64 = (0..d).map(|i| a[i * d + i].abs()).sum::<f64>().max(1e-300);
+        if off.sqrt() <= 1e-15 * scale {
+            break;
+        }
+        for p in 0..d {
+            for q in (p + 1)..d {
+                let apq = a[p * d + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..d {
+                    let akp = a[k * d + p];
+                    let akq = a[k * d + q];
+                    a[k * d + p] = c * akp - s * akq;
+                    a[k * d + q] = s * akp + c * akq;
+                }
+                for k in 0..d {
+                    let apk = a[p * d + k];
+                    let aqk = a[q * d + k];
+                    a[p * d + k] = c * apk - s * aqk;
+                    a[q * d + k] = s * apk + c * aqk;
+                }
+                for k in 0..d {
+                    let vkp = v[k * d + p];
+                    let vkq = v[k * d + q];
+                    v[k * d + p] = c * vkp - s * vkq;
+                    v[k * d + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let vals = (0..d).map(|i| a[i * d + i]).collect();
+    (vals, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_known_singular_values() {
+        // W = U diag(5, 3, 1) V^T with orthonormal U (4x3) and V (3x3 rotation).
+        let (c, s) = (0.6f64, 0.8f64);
+        let v = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]];
+        let u = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]];
+        let sv = [5.0, 3.0, 1.0];
+        let mut w = vec![0f32; 12];
+        for i in 0..4 {
+            for j in 0..3 {
+                let mut acc = 0.0;
+                for k in 0..3 {
+                    acc += u[i][k] * sv[k] * v[j][k];
+                }
+                w[i * 3 + j] = acc as f32;
+            }
+        }
+        let (uu, ss, vt) = top_singular(&w, 4, 3, 2);
+        assert!((ss[0] - 5.0).abs() < 1e-5 && (ss[1] - 3.0).abs() < 1e-5, "{ss:?}");
+        // rank-2 reconstruction equals W minus the sigma=1 component.
+        for i in 0..4 {
+            for j in 0..3 {
+                let rec: f64 = (0..2).map(|k| uu[i * 2 + k] * ss[k] * vt[k * 3 + j]).sum();
+                let want = w[i * 3 + j] as f64 - u[i][2] * 1.0 * v[j][2];
+                assert!((rec - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Atomic file writes and the resumable trainer state.
+//!
+//! Every checkpoint file is written to a temporary file in the same folder and renamed over the
+//! target, so a run killed mid-write leaves the previous checkpoint intact.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError, io_err};
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".to_string());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+/// Replaces folder `dst` by folder `staging` (built completely beforehand): `dst` is renamed
+/// away first, then `staging` takes its name, then the old one is removed. A reader never sees
+/// a half-written checkpoint folder under `dst`.
+pub fn replace_dir_atomic(staging: &Path, dst: &Path) -> Result<()> {
+    let old = dst.with_extension("old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    if dst.exists() {
+        std::fs::rename(dst, &old).map_err(io_err(dst))?;
+    }
+    std::fs::rename(staging, dst).map_err(io_err(staging))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    Ok(())
+}
+
+/// Where a run stands: enough to resume it exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Micro-batches already consumed in the current epoch.
+    pub batch_in_epoch: usize,
+    /// Trained tokens seen so far.
+    pub tokens_seen: u64,
+    /// Best evaluation loss so far, if any evaluation ran.
+    pub best_eval_loss: Option<f64>,
+}
+
+impl TrainerState {
+    /// File name of the state inside a checkpoint folder.
+    pub const FILE: &'static str = "trainer_state.json";
+
+    /// Reads the state of a checkpoint folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        serde_json::from_str(&text).map_err(|source| TrainError::Json { path, source })
+    }
+
+    /// Writes the state into a checkpoint folder, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(Self::FILE);
+        let text = serde_json::to_vec_pretty(self).map_err(|source| TrainError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &text)
+    }
+}
+
+/// The newest complete checkpoint under `output_dir` (`checkpoint-<step>` folders with a
+/// trainer state), if any.
+pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(output_dir).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            let path = e.path();
+            path.join(TrainerState::FILE).is_file().then_some((step, path))
+        })
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn latest_checkpoint_ignores_incomplete_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [5, 10] {
+            let c = dir.path().join(format!("checkpoint-{step}"));
+            TrainerState {
+                global_step: step,
+                ..Default::default()
+            }
+            .save(&c)
+            .unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("checkpoint-15")).unwrap();
+        let latest = latest_checkpoint(dir.path()).unwrap();
+        assert!(latest.ends_with("checkpoint-10"));
+        assert_eq!(TrainerState::load(&latest).unwrap().global_step, 10);
+    }
+}

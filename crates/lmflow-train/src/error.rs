@@ -1,0 +1,52 @@
+//! Errors of the trainer.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file could not be parsed or written.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// Drawing the loss curve failed.
+    #[error("{path}: cannot draw the loss curve: {message}")]
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// What the plotting library said.
+        message: String,
+    },
+    /// The model failed to load or save.
+    #[error(transparent)]
+    Model(#[from] lmflow_models::ModelError),
+    /// An adapter operation failed.
+    #[error(transparent)]
+    Peft(#[from] lmflow_peft::PeftError),
+    /// The optimizer or schedule failed.
+    #[error(transparent)]
+    Optim(#[from] lmflow_optim::Error),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}
