@@ -30,6 +30,9 @@ pub enum InferError {
     /// Error raised by the model crate (loading, tokenizing, forward).
     #[error(transparent)]
     Model(#[from] lmflow_models::ModelError),
+    /// Error raised by the tokenizer (encoding, decoding).
+    #[error(transparent)]
+    Tokenizer(#[from] lmflow_models::tokenizer::TokenizerError),
 }
 
 /// Shorthand for results of this crate.

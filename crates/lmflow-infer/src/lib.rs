@@ -25,14 +25,17 @@
 
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod processors;
 pub mod rng;
 pub mod sampler;
 pub mod speculative_math;
 pub mod stopping;
+pub mod tensor_io;
 
 pub use config::GenerationConfig;
 pub use error::{InferError, Result};
+pub use generate::{GenerationOutput, Generator, StreamCallback};
 pub use processors::LogitsPipeline;
 pub use rng::SeededRng;
 pub use stopping::{FinishReason, StopCriteria};

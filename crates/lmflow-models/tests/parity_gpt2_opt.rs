@@ -243,7 +243,7 @@ fn state(model: &CausalLm) -> Vec<(String, Vec<f32>, Vec<usize>)> {
 fn checkpoint_names(dir: &Path) -> Vec<String> {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     names
 }

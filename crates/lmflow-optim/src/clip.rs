@@ -74,7 +74,8 @@ struct NormAccumulator<'a> {
 impl ModuleVisitor for NormAccumulator<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let flat: Tensor<1> = g.flatten(0, D.saturating_sub(1).max(0));
+            let n = g.shape().num_elements();
+            let flat: Tensor<1> = g.reshape([n]);
             let norm = match self.norm_type {
                 NormType::Inf => flat.abs().max(),
                 NormType::P(p) if p == 2.0 => flat.square().sum().sqrt(),

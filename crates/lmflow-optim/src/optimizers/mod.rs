@@ -3,12 +3,33 @@
 
 pub(crate) mod state;
 
+mod adabelief;
+mod adabound;
 mod adadelta;
 mod adamax;
+mod adamp;
+mod dummy;
+mod lars;
 mod nadam;
+mod novograd;
+mod projection;
 mod radam;
+mod schedule_free;
+mod sgdp;
+mod sophia;
+mod yogi;
 
+pub use adabelief::*;
+pub use adabound::*;
 pub use adadelta::*;
 pub use adamax::*;
+pub use adamp::*;
+pub use dummy::*;
+pub use lars::*;
 pub use nadam::*;
+pub use novograd::*;
 pub use radam::*;
+pub use schedule_free::*;
+pub use sgdp::*;
+pub use sophia::*;
+pub use yogi::*;

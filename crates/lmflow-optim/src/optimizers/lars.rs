@@ -1,0 +1,111 @@
+//! LARS (You et al. 2017) in the PyTorch Lightning Bolts form used by LMFlow's `LARS`.
+
+use burn::config::Config;
+use burn::optim::{LearningRate, Optimizer};
+use burn::tensor::{Device, Tensor};
+
+use super::state::{broadcast_scalar, l2_norm, optimizer_state};
+
+/// Configuration of [`Lars`]; defaults are the reference's (its default `lr` is 1e-2).
+#[derive(Config, Debug)]
+pub struct LarsConfig {
+    /// Momentum factor.
+    #[config(default = 0.0)]
+    pub momentum: f64,
+    /// Dampening of the momentum.
+    #[config(default = 0.0)]
+    pub dampening: f64,
+    /// Weight decay; tensors are LARS-scaled only when it is non-zero.
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    #[config(default = false)]
+    pub nesterov: bool,
+    /// Trust coefficient `eta` of the layer-wise learning rate.
+    #[config(default = 0.01)]
+    pub trust_coefficient: f64,
+    /// Added to the denominator of the trust ratio.
+    #[config(default = 1e-8)]
+    pub epsilon: f64,
+}
+
+impl LarsConfig {
+    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
+    pub fn build(&self) -> Lars {
+        Lars { config: self.clone() }
+    }
+}
+
+/// LARS optimizer: SGD with a layer-wise trust ratio.
+#[derive(Clone, Debug)]
+pub struct Lars {
+    config: LarsConfig,
+}
+
+optimizer_state! {
+    /// State of [`Lars`] for one parameter (only with momentum).
+    pub struct LarsState {
+        tensors {
+            /// Momentum buffer.
+            momentum_buffer: Tensor<D>,
+        }
+        optional {}
+        scalars {}
+    }
+}
+
+impl Optimizer for Lars {
+    type State<const D: usize> = LarsState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let c = &self.config;
+        let mut d_p = grad.clone();
+        if c.weight_decay != 0.0 {
+            let p_norm = l2_norm(tensor.clone());
+            let g_norm = l2_norm(grad);
+            // Scale only where both norms are non-zero (no host round trip).
+            let active = p_norm
+                .clone()
+                .not_equal_elem(0.0)
+                .bool_and(g_norm.clone().not_equal_elem(0.0))
+                .float();
+            let trust = p_norm
+                .clone()
+                .div(g_norm + p_norm.mul_scalar(c.weight_decay).add_scalar(c.epsilon))
+                .mul_scalar(c.trust_coefficient);
+            let scale = trust.mul(active.clone()) + active.clone().neg().add_scalar(1.0);
+            let decay = active.mul_scalar(c.weight_decay);
+            d_p = (d_p + tensor.clone().mul(broadcast_scalar::<D>(decay)))
+                .mul(broadcast_scalar::<D>(scale));
+        }
+        let mut next = None;
+        if c.momentum != 0.0 {
+            let buf = match state {
+                Some(s) => s
+                    .momentum_buffer
+                    .mul_scalar(c.momentum)
+                    .add(d_p.clone().mul_scalar(1.0 - c.dampening)),
+                None => d_p.clone(),
+            };
+            d_p = if c.nesterov {
+                d_p + buf.clone().mul_scalar(c.momentum)
+            } else {
+                buf.clone()
+            };
+            next = Some(LarsState {
+                momentum_buffer: buf,
+            });
+        }
+        (tensor - d_p.mul_scalar(lr), next)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.to_device(device)
+    }
+}

@@ -1,0 +1,137 @@
+//! Training hyper-parameters, named as in Hugging Face's `TrainingArguments`.
+
+use std::path::PathBuf;
+
+use lmflow_optim::schedule::{ScheduleConfig, ScheduleKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Hyper-parameters of a training run. Field names and defaults follow `transformers`'
+/// `TrainingArguments` (and LMFlow's finetuner arguments) where they exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Folder receiving checkpoints, the final weights, `metrics.jsonl` and `loss.png`.
+    pub output_dir: PathBuf,
+    /// Peak learning rate (default 5e-5, as HF; LoRA runs usually use 1e-4 .. 1e-3).
+    pub learning_rate: f64,
+    /// Epochs over the training set (default 3).
+    pub num_train_epochs: f64,
+    /// When set, the number of optimizer steps, overriding `num_train_epochs`.
+    pub max_steps: Option<usize>,
+    /// Samples per micro-batch (default 8).
+    pub per_device_train_batch_size: usize,
+    /// Samples per evaluation batch (default 8).
+    pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step (default 1).
+    pub gradient_accumulation_steps: usize,
+    /// Learning-rate schedule (default `linear`).
+    pub lr_scheduler_type: ScheduleKind,
+    /// Warmup as a fraction of the optimizer steps (default 0).
+    pub warmup_ratio: f64,
+    /// Warmup steps; overrides `warmup_ratio` when non-zero (default 0).
+    pub warmup_steps: usize,
+    /// AdamW weight decay (default 0), not applied to biases and norm weights.
+    pub weight_decay: f64,
+    /// AdamW beta1 (default 0.9).
+    pub adam_beta1: f64,
+    /// AdamW beta2 (default 0.999).
+    pub adam_beta2: f64,
+    /// AdamW epsilon (default 1e-8).
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping threshold; 0 disables (default 1.0).
+    pub max_grad_norm: f64,
+    /// Log a metrics record every this many optimizer steps (default 10).
+    pub logging_steps: usize,
+    /// Evaluate every this many optimizer steps; 0 evaluates at the end only (default 0).
+    pub eval_steps: usize,
+    /// Write a checkpoint every this many optimizer steps; 0 writes at the end only (default 500).
+    pub save_steps: usize,
+    /// Checkpoints kept (oldest removed first); 0 keeps all (default 2).
+    pub save_total_limit: usize,
+    /// Seed of data shuffling (default 42).
+    pub seed: u64,
+    /// Resume from the newest checkpoint in `output_dir` when there is one (default true).
+    pub resume: bool,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("output"),
+            learning_rate: 5e-5,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            lr_scheduler_type: ScheduleKind::Linear,
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            logging_steps: 10,
+            eval_steps: 0,
+            save_steps: 500,
+            save_total_limit: 2,
+            seed: 42,
+            resume: true,
+        }
+    }
+}
+
+impl TrainerConfig {
+    /// Checks the values that would make a run meaningless.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.per_device_train_batch_size == 0 {
+            return bad("per_device_train_batch_size must be at least 1");
+        }
+        if self.per_device_eval_batch_size == 0 {
+            return bad("per_device_eval_batch_size must be at least 1");
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return bad("learning_rate must be a finite, non-negative number");
+        }
+        if self.max_steps.is_none() && !(self.num_train_epochs > 0.0) {
+            return bad("num_train_epochs must be positive (or set max_steps)");
+        }
+        if self.logging_steps == 0 {
+            return bad("logging_steps must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps of the run for a training set of `num_samples` samples.
+    pub fn total_steps(&self, num_samples: usize) -> usize {
+        if let Some(steps) = self.max_steps {
+            return steps;
+        }
+        let per_epoch = self.steps_per_epoch(num_samples);
+        ((per_epoch as f64) * self.num_train_epochs).ceil().max(1.0) as usize
+    }
+
+    /// Optimizer steps in one epoch (micro-batches rounded up, then divided by accumulation).
+    pub fn steps_per_epoch(&self, num_samples: usize) -> usize {
+        let micro = num_samples.div_ceil(self.per_device_train_batch_size);
+        micro.div_ceil(self.gradient_accumulation_steps).max(1)
+    }
+
+    /// The learning-rate schedule configuration.
+    pub fn schedule(&self) -> ScheduleConfig {
+        let mut s = ScheduleConfig::new(self.lr_scheduler_type.clone());
+        if self.warmup_steps > 0 {
+            s.warmup_steps = Some(self.warmup_steps);
+        } else if self.warmup_ratio > 0.0 {
+            s.warmup_ratio = Some(self.warmup_ratio);
+        }
+        s
+    }
+}

@@ -1,0 +1,360 @@
+//! The training loop: micro-batches, token-weighted gradient accumulation, global-norm clipping,
+//! AdamW with a Hugging Face learning-rate schedule, evaluation, metrics and atomic, resumable
+//! checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use lmflow_models::{CausalLm, ForwardInput};
+use lmflow_optim::clip::{NormType, clip_grad_norm};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use crate::batch::{TrainSample, pad_batch};
+use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
+use crate::config::TrainerConfig;
+use crate::error::{Result, TrainError, io_err};
+use crate::loss::causal_lm_loss;
+use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
+use crate::stable_ids::assign_stable_param_ids;
+
+/// How a run writes and reads back the weights it trains (an adapter folder for PEFT runs, a
+/// Hub-layout model folder for full fine-tuning).
+pub trait WeightsIo {
+    /// Writes the trained weights of `model` into folder `dir` (which exists).
+    fn save(&self, model: &CausalLm, dir: &Path) -> Result<()>;
+    /// Restores the trained weights saved by [`WeightsIo::save`] in `dir` into `model`.
+    fn load(&self, model: CausalLm, dir: &Path) -> Result<CausalLm>;
+}
+
+/// What the trainer reports while it runs (for progress bars and logs).
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// The run starts (or resumes at `start_step`).
+    Started {
+        /// Optimizer steps of the whole run.
+        total_steps: usize,
+        /// First step to run (non-zero when resumed).
+        start_step: usize,
+        /// Checkpoint resumed from, if any.
+        resumed_from: Option<PathBuf>,
+    },
+    /// An optimizer step finished.
+    Step {
+        /// The step just taken (1-based).
+        step: usize,
+        /// Its mean loss per trained token.
+        loss: f64,
+        /// Its learning rate.
+        lr: f64,
+        /// Trained tokens per second, averaged over the run so far.
+        tokens_per_second: f64,
+    },
+    /// A metrics record was written.
+    Logged(MetricRecord),
+    /// A checkpoint was written.
+    Saved {
+        /// Its folder.
+        path: PathBuf,
+    },
+}
+
+/// The result of [`Trainer::train`].
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The trained model.
+    pub model: CausalLm,
+    /// Final trainer state.
+    pub state: TrainerState,
+    /// Mean training loss of the last logged window.
+    pub last_train_loss: Option<f64>,
+    /// Evaluation loss at the end, when an evaluation set was given.
+    pub final_eval_loss: Option<f64>,
+    /// Folder holding the final weights (`<output_dir>/final`).
+    pub final_dir: PathBuf,
+}
+
+/// Runs training with a [`TrainerConfig`].
+pub struct Trainer {
+    config: TrainerConfig,
+    device: Device,
+    pad_id: u32,
+}
+
+impl Trainer {
+    /// A trainer computing on `device` (an autodiff device, e.g. `Device::flex().autodiff()`),
+    /// padding batches with `pad_id`.
+    pub fn new(config: TrainerConfig, device: Device, pad_id: u32) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            device,
+            pad_id,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// Mean loss per trained token of `model` on `samples`.
+    pub fn evaluate(&self, model: &CausalLm, samples: &[TrainSample]) -> Result<f64> {
+        let (mut sum, mut tokens) = (0.0f64, 0usize);
+        for chunk in samples.chunks(self.config.per_device_eval_batch_size) {
+            let refs: Vec<&TrainSample> = chunk.iter().collect();
+            let batch = pad_batch(&refs, self.pad_id, &self.device);
+            let out = model.forward(
+                ForwardInput::new(batch.input_ids).with_attention_mask(batch.attention_mask),
+                None,
+            )?;
+            let loss = causal_lm_loss(out.logits, batch.labels);
+            sum += loss.sum.into_scalar::<f32>() as f64;
+            tokens += loss.tokens;
+        }
+        Ok(sum / tokens.max(1) as f64)
+    }
+
+    /// Trains `model` (its trainable parameters only: freeze the base beforehand for adapter
+    /// runs) on `train`, evaluating on `eval` when given. Resumes from the newest checkpoint in
+    /// the output folder when `resume` is set.
+    pub fn train(
+        &self,
+        model: CausalLm,
+        weights: &dyn WeightsIo,
+        train: &[TrainSample],
+        eval: Option<&[TrainSample]>,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<TrainOutcome> {
+        let cfg = &self.config;
+        if train.is_empty() {
+            return Err(TrainError::Config("the training set is empty".into()));
+        }
+        let out_dir = cfg.output_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+        let total_steps = cfg.total_steps(train.len());
+        let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
+        let mut model = assign_stable_param_ids(model);
+        let mut optim: ModuleOptimizer = AdamWConfig::new()
+            .with_beta_1(cfg.adam_beta1 as f32)
+            .with_beta_2(cfg.adam_beta2 as f32)
+            .with_epsilon(cfg.adam_epsilon as f32)
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init();
+
+        // Resume.
+        let mut state = TrainerState::default();
+        let mut resumed_from = None;
+        if cfg.resume
+            && let Some(ckpt) = latest_checkpoint(&out_dir)
+        {
+            state = TrainerState::load(&ckpt)?;
+            model = assign_stable_param_ids(weights.load(model, &ckpt.join("weights"))?);
+            let opt_path = ckpt.join("optimizer.bpk");
+            if opt_path.is_file() {
+                let record = burn::optim::OptimizerRecord::load(&opt_path).map_err(|e| {
+                    TrainError::Config(format!("{}: cannot read optimizer state: {e}", opt_path.display()))
+                })?;
+                optim = optim.load_record(record);
+            }
+            resumed_from = Some(ckpt);
+        }
+        let mut metrics = MetricsWriter::open(&out_dir.join("metrics.jsonl"))?;
+        metrics.truncate_after(state.global_step)?;
+        on_event(TrainEvent::Started {
+            total_steps,
+            start_step: state.global_step,
+            resumed_from,
+        });
+
+        let micro_per_epoch = train.len().div_ceil(cfg.per_device_train_batch_size);
+        let mut order = epoch_order(train.len(), cfg.seed, state.epoch);
+        let started = Instant::now();
+        let mut run_tokens = 0u64;
+        let (mut window_sum, mut window_tokens) = (0.0f64, 0usize);
+        let mut last_train_loss = None;
+        let mut last_eval = None;
+
+        while state.global_step < total_steps {
+            // Gather the micro-batches of this optimizer step.
+            let mut micro = Vec::with_capacity(cfg.gradient_accumulation_steps);
+            while micro.len() < cfg.gradient_accumulation_steps {
+                if state.batch_in_epoch >= micro_per_epoch {
+                    state.epoch += 1;
+                    state.batch_in_epoch = 0;
+                    order = epoch_order(train.len(), cfg.seed, state.epoch);
+                    if !micro.is_empty() {
+                        break; // an epoch ends mid-accumulation: step with what we have
+                    }
+                }
+                let b = state.batch_in_epoch;
+                let lo = b * cfg.per_device_train_batch_size;
+                let hi = (lo + cfg.per_device_train_batch_size).min(train.len());
+                micro.push(order[lo..hi].iter().map(|&i| &train[i]).collect::<Vec<_>>());
+                state.batch_in_epoch += 1;
+            }
+            let step_tokens: usize = micro
+                .iter()
+                .flat_map(|m| m.iter())
+                .map(|s| s.trained_tokens())
+                .sum();
+            let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+            let mut step_sum = 0.0f64;
+            for samples in &micro {
+                let batch = pad_batch(samples, self.pad_id, &self.device);
+                let out = model.forward(
+                    ForwardInput::new(batch.input_ids).with_attention_mask(batch.attention_mask),
+                    None,
+                )?;
+                let loss = causal_lm_loss(out.logits, batch.labels);
+                // Token-weighted: the step's loss is the sum over its micro-batches / its tokens.
+                let scaled = loss.sum.div_scalar(step_tokens.max(1) as f64);
+                step_sum += loss_value(&scaled) * step_tokens.max(1) as f64;
+                let grads = GradientsParams::from_grads(scaled.backward(), &model);
+                accumulator.accumulate(&model, grads);
+            }
+            let mut grads = accumulator.grads();
+            let grad_norm = if cfg.max_grad_norm > 0.0 {
+                clip_grad_norm(&model, &mut grads, cfg.max_grad_norm, NormType::P(2.0))?
+            } else {
+                lmflow_optim::clip::grad_norm(&model, &grads, NormType::P(2.0))
+            };
+            let lr = schedule.lr(state.global_step);
+            model = optim.step(lr, model, grads);
+            state.global_step += 1;
+            state.tokens_seen += step_tokens as u64;
+            run_tokens += step_tokens as u64;
+            window_sum += step_sum;
+            window_tokens += step_tokens;
+            let step_loss = step_sum / step_tokens.max(1) as f64;
+            let tps = run_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            on_event(TrainEvent::Step {
+                step: state.global_step,
+                loss: step_loss,
+                lr,
+                tokens_per_second: tps,
+            });
+
+            let step = state.global_step;
+            let last = step == total_steps;
+            let eval_now = eval.is_some()
+                && ((cfg.eval_steps > 0 && step % cfg.eval_steps == 0) || last);
+            let eval_loss = match (eval_now, eval) {
+                (true, Some(e)) => Some(self.evaluate(&model, e)?),
+                _ => None,
+            };
+            if eval_loss.is_some() {
+                last_eval = eval_loss;
+                if state.best_eval_loss.is_none_or(|b| eval_loss < Some(b)) {
+                    state.best_eval_loss = eval_loss;
+                }
+            }
+            if step % cfg.logging_steps == 0 || last || eval_loss.is_some() {
+                let loss = (window_tokens > 0).then(|| window_sum / window_tokens as f64);
+                last_train_loss = loss.or(last_train_loss);
+                let record = MetricRecord {
+                    step,
+                    epoch: state.epoch as f64 + state.batch_in_epoch as f64 / micro_per_epoch as f64,
+                    loss,
+                    eval_loss,
+                    lr: Some(lr),
+                    grad_norm: Some(grad_norm),
+                    tokens_per_second: Some(tps),
+                };
+                metrics.write(record.clone())?;
+                on_event(TrainEvent::Logged(record));
+                (window_sum, window_tokens) = (0.0, 0);
+            }
+            if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last {
+                let path = self.save_checkpoint(&model, &optim, &state, weights)?;
+                on_event(TrainEvent::Saved { path });
+            }
+        }
+
+        plot_loss_curve(metrics.records(), &out_dir.join("loss.png"))?;
+        let final_dir = out_dir.join("final");
+        let staging = out_dir.join(".final.tmp");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        weights.save(&model, &staging)?;
+        replace_dir_atomic(&staging, &final_dir)?;
+        let final_eval_loss = match (last_eval, eval) {
+            (Some(l), _) => Some(l),
+            (None, Some(e)) => Some(self.evaluate(&model, e)?),
+            (None, None) => None,
+        };
+        Ok(TrainOutcome {
+            model,
+            state,
+            last_train_loss,
+            final_eval_loss,
+            final_dir,
+        })
+    }
+
+    fn save_checkpoint(
+        &self,
+        model: &CausalLm,
+        optim: &ModuleOptimizer,
+        state: &TrainerState,
+        weights: &dyn WeightsIo,
+    ) -> Result<PathBuf> {
+        let out_dir = &self.config.output_dir;
+        let dst = out_dir.join(format!("checkpoint-{}", state.global_step));
+        let staging = out_dir.join(format!(".checkpoint-{}.tmp", state.global_step));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        }
+        let weights_dir = staging.join("weights");
+        std::fs::create_dir_all(&weights_dir).map_err(io_err(&weights_dir))?;
+        weights.save(model, &weights_dir)?;
+        let opt_path = staging.join("optimizer.bpk");
+        optim.to_record().save(&opt_path).map_err(|e| {
+            TrainError::Config(format!("{}: cannot write optimizer state: {e}", opt_path.display()))
+        })?;
+        // The state file goes last: a folder without it is never taken for a checkpoint.
+        state.save(&staging)?;
+        replace_dir_atomic(&staging, &dst)?;
+        self.prune_checkpoints()?;
+        Ok(dst)
+    }
+
+    fn prune_checkpoints(&self) -> Result<()> {
+        let limit = self.config.save_total_limit;
+        if limit == 0 {
+            return Ok(());
+        }
+        let dir = &self.config.output_dir;
+        let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        found.sort();
+        while found.len() > limit {
+            let (_, path) = found.remove(0);
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn loss_value(t: &burn::tensor::Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
+}
+
+/// The sample order of `epoch`: a seeded permutation, identical across runs (and resumes).
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64));
+    order.shuffle(&mut rng);
+    order
+}
