@@ -30,6 +30,9 @@ pub enum InferError {
     /// Error raised by the model crate (loading, tokenizing, forward).
     #[error(transparent)]
     Model(#[from] lmflow_models::ModelError),
+    /// Error raised while loading a PEFT adapter.
+    #[error(transparent)]
+    Peft(#[from] lmflow_peft::PeftError),
     /// Error raised by the tokenizer (encoding, decoding).
     #[error(transparent)]
     Tokenizer(#[from] lmflow_models::tokenizer::TokenizerError),

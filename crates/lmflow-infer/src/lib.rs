@@ -26,16 +26,20 @@
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod loading;
 pub mod processors;
 pub mod rng;
 pub mod sampler;
+pub mod speculative;
 pub mod speculative_math;
 pub mod stopping;
 pub mod tensor_io;
 
 pub use config::GenerationConfig;
 pub use error::{InferError, Result};
+pub use loading::{load_model, parse_rope_scaling};
 pub use generate::{GenerationOutput, Generator, StreamCallback};
 pub use processors::LogitsPipeline;
 pub use rng::SeededRng;
+pub use speculative::{SpeculativeGenerator, SpeculativeStats};
 pub use stopping::{FinishReason, StopCriteria};

@@ -536,8 +536,13 @@ pub(crate) fn check_ids(ids: &Tensor<2, Int>, limit: usize, what: &str) -> Resul
     if ids.dims().iter().product::<usize>() == 0 {
         return Ok(());
     }
-    let min: i64 = ids.clone().min().into_scalar();
-    let max: i64 = ids.clone().max().into_scalar();
+    let bounds = Tensor::cat(vec![ids.clone().min(), ids.clone().max()], 0)
+        .into_data()
+        .convert::<i64>();
+    let (min, max) = match bounds.as_slice::<i64>() {
+        Ok(&[min, max]) => (min, max),
+        _ => return Err(ModelError::Input(format!("{what}: could not read the ids"))),
+    };
     if min < 0 || max >= limit as i64 {
         return Err(ModelError::Input(format!(
             "{what} must lie in 0..{limit}, found values in {min}..={max}"

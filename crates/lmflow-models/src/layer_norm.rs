@@ -2,7 +2,7 @@
 //! (`elementwise_affine=False` in OPT configurations has neither weight nor bias).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// Configuration of a [`LayerNorm`].
 #[derive(burn::config::Config, Debug)]
@@ -58,15 +58,18 @@ impl LayerNorm {
     /// # Shapes
     /// - input and output: `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // Computed in f32 and cast back, as PyTorch's half-precision layer_norm accumulates.
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let mut y = (x - mean) / (var + self.eps).sqrt();
         if let Some(w) = &self.weight {
-            y = y * broadcast(w.val());
+            y = y * broadcast(w.val().cast(DType::F32));
         }
         if let Some(b) = &self.bias {
-            y = y + broadcast(b.val());
+            y = y + broadcast(b.val().cast(DType::F32));
         }
-        y
+        y.cast(dtype)
     }
 }
 

@@ -32,6 +32,7 @@ pub mod activation;
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod eval;
 pub mod error;
 pub mod gpt2;
 pub mod layer_norm;

@@ -449,9 +449,21 @@ impl OptModel {
                         p.dims()
                     )));
                 }
+                check_ids(
+                    &p.clone().add_scalar(POSITION_OFFSET as i64),
+                    self.config.max_position_embeddings + POSITION_OFFSET,
+                    "position_ids + 2 (OPT offset)",
+                )?;
                 p.clone()
             }
             None => {
+                if past + s > self.config.max_position_embeddings {
+                    return Err(ModelError::Input(format!(
+                        "{} positions exceed OPT's max_position_embeddings {}",
+                        past + s,
+                        self.config.max_position_embeddings
+                    )));
+                }
                 let mask = match &input.attention_mask {
                     Some(m) => {
                         if m.dims() != [b, past + s] {
@@ -470,11 +482,6 @@ impl OptModel {
             }
         };
         let positions = positions.add_scalar(POSITION_OFFSET as i64);
-        check_ids(
-            &positions,
-            self.config.max_position_embeddings + POSITION_OFFSET,
-            "position_ids + 2 (OPT offset)",
-        )?;
         let bias = mask_bias(input, b, s, past)?;
         let mut tokens =
             burn::tensor::module::embedding(self.embed_tokens.val(), input.input_ids.clone());

@@ -52,7 +52,7 @@ fn ref_logits(case: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn to_vec(t: Tensor<3>) -> Vec<f32> {
-    t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap()
+    t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().unwrap()
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
@@ -196,7 +196,8 @@ fn left_padded_batch_generation_matches_generate() {
                 .reshape([b, v])
                 .argmax(1)
                 .into_data()
-                .to_vec::<i64>()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
                 .unwrap();
             for (i, n) in next.iter().enumerate() {
                 seqs[i].push(*n);

@@ -15,7 +15,11 @@ use lmflow_peft::LinearVisitor;
 const TOLERANCE: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models")).to_path_buf()
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
+    .to_path_buf()
 }
 
 /// Model folder and the reference file it is compared with.
@@ -36,7 +40,9 @@ struct RefTensor {
 }
 
 fn read_reference(name: &str) -> HashMap<String, RefTensor> {
-    let path = fixtures().join("reference").join(format!("{name}.safetensors"));
+    let path = fixtures()
+        .join("reference")
+        .join(format!("{name}.safetensors"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
@@ -123,9 +129,16 @@ fn logits_and_hidden_states_match_transformers() {
             assert!(d <= TOLERANCE as f64, "{case}/{set}: logits differ by {d}");
             let hidden = &r[&format!("{set}.hidden")];
             let width = hidden.shape[2];
-            assert_eq!(out.hidden_states.dims()[2], width, "{case}/{set}: hidden width");
+            assert_eq!(
+                out.hidden_states.dims()[2],
+                width,
+                "{case}/{set}: hidden width"
+            );
             let d = max_diff_valid(&values(out.hidden_states), &hidden.values, width, mask);
-            assert!(d <= TOLERANCE as f64, "{case}/{set}: hidden states differ by {d}");
+            assert!(
+                d <= TOLERANCE as f64,
+                "{case}/{set}: hidden states differ by {d}"
+            );
         }
     }
 }
@@ -164,7 +177,10 @@ fn check_cache_decode(
         for row in 0..b {
             for t in 0..n {
                 let pos = start + t;
-                if mask_values.as_ref().is_some_and(|m| m[row * total + pos] == 0) {
+                if mask_values
+                    .as_ref()
+                    .is_some_and(|m| m[row * total + pos] == 0)
+                {
                     continue;
                 }
                 let got = &logits[(row * n + t) * vocab..(row * n + t + 1) * vocab];
@@ -174,7 +190,10 @@ fn check_cache_decode(
                     .zip(want)
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0f32, f32::max);
-                assert!(d <= 1e-5, "{what}: row {row} position {pos}: cached decode differs by {d}");
+                assert!(
+                    d <= 1e-5,
+                    "{what}: row {row} position {pos}: cached decode differs by {d}"
+                );
             }
         }
         start = end;
@@ -210,19 +229,33 @@ fn cache_truncate_rolls_back() {
         let ids = Tensor::<2, Int>::from_ints([[3, 40, 41, 42, 43, 44]], &device);
         let mut cache = model.new_cache(8);
         model
-            .forward(ForwardInput::new(ids.clone().slice(s![.., 0..4])), Some(&mut cache))
+            .forward(
+                ForwardInput::new(ids.clone().slice(s![.., 0..4])),
+                Some(&mut cache),
+            )
             .unwrap();
         // Decode a wrong token, roll it back, decode the right one.
         let wrong = Tensor::<2, Int>::from_ints([[7]], &device);
-        model.forward(ForwardInput::new(wrong), Some(&mut cache)).unwrap();
+        model
+            .forward(ForwardInput::new(wrong), Some(&mut cache))
+            .unwrap();
         cache.truncate(4);
         let step = model
-            .forward(ForwardInput::new(ids.clone().slice(s![.., 4..5])), Some(&mut cache))
+            .forward(
+                ForwardInput::new(ids.clone().slice(s![.., 4..5])),
+                Some(&mut cache),
+            )
             .unwrap();
-        let full = model.forward(ForwardInput::new(ids.slice(s![.., 0..5])), None).unwrap();
+        let full = model
+            .forward(ForwardInput::new(ids.slice(s![.., 0..5])), None)
+            .unwrap();
         let a = values(step.logits);
         let b = values(full.logits.slice(s![.., 4..5, ..]));
-        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(d <= 1e-5, "{case}: decode after truncate differs by {d}");
     }
 }
@@ -271,17 +304,36 @@ fn save_load_round_trip_is_exact() {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        assert_eq!(checkpoint_names(&dir), expected, "{case}: saved tensor names");
+        assert_eq!(
+            checkpoint_names(&dir),
+            expected,
+            "{case}: saved tensor names"
+        );
         let reloaded = load_pretrained(&dir, &device, &LoadOptions::default()).unwrap();
-        assert!(reloaded.tokenizer.is_some(), "{case}: tokenizer files copied");
+        assert!(
+            reloaded.tokenizer.is_some(),
+            "{case}: tokenizer files copied"
+        );
         assert_eq!(reloaded.config.model_type, original.config.model_type);
         assert!(
             state(&original.model) == state(&reloaded.model),
             "{case}: parameters changed in the round trip"
         );
         let ids = Tensor::<2, Int>::from_ints([[3, 50, 60, 70]], &device);
-        let a = values(original.model.forward(ForwardInput::new(ids.clone()), None).unwrap().logits);
-        let b = values(reloaded.model.forward(ForwardInput::new(ids), None).unwrap().logits);
+        let a = values(
+            original
+                .model
+                .forward(ForwardInput::new(ids.clone()), None)
+                .unwrap()
+                .logits,
+        );
+        let b = values(
+            reloaded
+                .model
+                .forward(ForwardInput::new(ids), None)
+                .unwrap()
+                .logits,
+        );
         assert_eq!(a, b, "{case}: logits changed in the round trip");
     }
 }
@@ -305,11 +357,21 @@ fn linear_visitor_uses_hub_paths_and_conv1d_is_transposed() {
     let opt = load("opt-post-proj", &device).model;
     let mut paths = Vec::new();
     opt.visit_linears(&mut |p, _| paths.push(p.to_string()));
-    assert_eq!(paths.first().map(String::as_str), Some("model.decoder.project_in"));
+    assert_eq!(
+        paths.first().map(String::as_str),
+        Some("model.decoder.project_in")
+    );
     assert!(paths.contains(&"model.decoder.layers.1.self_attn.out_proj".to_string()));
     assert!(paths.contains(&"model.decoder.layers.0.fc2".to_string()));
-    assert_eq!(paths.last().map(String::as_str), Some("model.decoder.project_out"));
-    assert_eq!(opt.hidden_size(), 16, "OPT hidden states are in word_embed_proj_dim");
+    assert_eq!(
+        paths.last().map(String::as_str),
+        Some("model.decoder.project_out")
+    );
+    assert_eq!(
+        opt.hidden_size(),
+        16,
+        "OPT hidden states are in word_embed_proj_dim"
+    );
 }
 
 fn config(json: serde_json::Value) -> ModelConfig {
@@ -342,9 +404,16 @@ fn untied_random_init_round_trip() {
         model.save(&dir, &cfg).unwrap();
         assert!(checkpoint_names(&dir).contains(&"lm_head.weight".to_string()));
         let reloaded = load_pretrained(&dir, &device, &LoadOptions::default()).unwrap();
-        assert!(state(&model) == state(&reloaded.model), "{}", cfg.model_type);
+        assert!(
+            state(&model) == state(&reloaded.model),
+            "{}",
+            cfg.model_type
+        );
         let ids = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
-        let out = reloaded.model.forward(ForwardInput::new(ids), None).unwrap();
+        let out = reloaded
+            .model
+            .forward(ForwardInput::new(ids), None)
+            .unwrap();
         assert_eq!(out.logits.dims(), [1, 3, 50]);
     }
 }
@@ -367,7 +436,9 @@ fn invalid_inputs_are_errors() {
         assert!(matches!(err, ModelError::Input(_)), "{case}: {err}");
         // Cache overflow.
         let mut cache = model.new_cache(1);
-        let err = model.forward(ForwardInput::new(ids), Some(&mut cache)).unwrap_err();
+        let err = model
+            .forward(ForwardInput::new(ids), Some(&mut cache))
+            .unwrap_err();
         assert!(matches!(err, ModelError::Input(_)), "{case}: {err}");
     }
     // rope_scaling overrides make no sense for learned positions.

@@ -1,4 +1,5 @@
 //! Optimizers, learning-rate schedules and global-norm gradient clipping for LMFlow-rs.
+pub mod accumulate;
 pub mod clip;
 pub mod error;
 pub mod groups;

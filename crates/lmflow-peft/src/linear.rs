@@ -265,7 +265,7 @@ mod tests {
         let lin = Linear::from_tensors(w, Some(b));
         assert_eq!(lin.dims(), (2, 3));
         let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0], [1, 2]), &device);
-        let y: Vec<f32> = lin.forward(x).into_data().to_vec().unwrap();
+        let y: Vec<f32> = lin.forward(x).into_data().try_to_vec().unwrap();
         assert_eq!(y, vec![3.5, 7.0, 10.0]);
     }
 }

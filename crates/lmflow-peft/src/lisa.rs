@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::backend::Gradients;
+use burn::tensor::Gradients;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;

@@ -35,6 +35,9 @@ pub enum TrainError {
     /// The model failed to load or save.
     #[error(transparent)]
     Model(#[from] lmflow_models::ModelError),
+    /// The dataset failed to load, tokenize or batch.
+    #[error(transparent)]
+    Data(#[from] lmflow_datasets::DatasetError),
     /// An adapter operation failed.
     #[error(transparent)]
     Peft(#[from] lmflow_peft::PeftError),

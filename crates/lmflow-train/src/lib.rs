@@ -23,22 +23,23 @@
 //! assert!((mean - 4f32.ln()).abs() < 1e-6);
 //! ```
 
-pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod lora_weights;
 pub mod loss;
 pub mod metrics;
 pub mod stable_ids;
 pub mod trainer;
 pub mod weights;
 
-pub use batch::{PaddedBatch, TrainSample, pad_batch};
 pub use checkpoint::TrainerState;
 pub use config::TrainerConfig;
 pub use stable_ids::assign_stable_param_ids;
 pub use trainer::{TrainEvent, TrainOutcome, Trainer, WeightsIo};
 pub use weights::FullModelWeights;
 pub use error::{Result, TrainError};
+pub use lora_weights::LoraWeights;
+pub use lmflow_datasets::TokenizedSample;
 pub use loss::{IGNORE_INDEX, LossOutput, causal_lm_loss};
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};

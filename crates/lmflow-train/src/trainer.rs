@@ -12,7 +12,8 @@ use lmflow_optim::clip::{NormType, clip_grad_norm};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use crate::batch::{TrainSample, pad_batch};
+use lmflow_datasets::TokenizedSample;
+use lmflow_datasets::batch::collate;
 use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError, io_err};
@@ -101,11 +102,11 @@ impl Trainer {
     }
 
     /// Mean loss per trained token of `model` on `samples`.
-    pub fn evaluate(&self, model: &CausalLm, samples: &[TrainSample]) -> Result<f64> {
+    pub fn evaluate(&self, model: &CausalLm, samples: &[TokenizedSample]) -> Result<f64> {
         let (mut sum, mut tokens) = (0.0f64, 0usize);
         for chunk in samples.chunks(self.config.per_device_eval_batch_size) {
-            let refs: Vec<&TrainSample> = chunk.iter().collect();
-            let batch = pad_batch(&refs, self.pad_id, &self.device);
+            let refs: Vec<&TokenizedSample> = chunk.iter().collect();
+            let batch = collate(&refs, self.pad_id, &self.device)?;
             let out = model.forward(
                 ForwardInput::new(batch.input_ids).with_attention_mask(batch.attention_mask),
                 None,
@@ -124,8 +125,8 @@ impl Trainer {
         &self,
         model: CausalLm,
         weights: &dyn WeightsIo,
-        train: &[TrainSample],
-        eval: Option<&[TrainSample]>,
+        train: &[TokenizedSample],
+        eval: Option<&[TokenizedSample]>,
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<TrainOutcome> {
         let cfg = &self.config;
@@ -198,12 +199,12 @@ impl Trainer {
             let step_tokens: usize = micro
                 .iter()
                 .flat_map(|m| m.iter())
-                .map(|s| s.trained_tokens())
+                .map(|s| predicted_tokens(s))
                 .sum();
             let mut accumulator = GradientsAccumulator::<CausalLm>::new();
             let mut step_sum = 0.0f64;
             for samples in &micro {
-                let batch = pad_batch(samples, self.pad_id, &self.device);
+                let batch = collate(samples, self.pad_id, &self.device)?;
                 let out = model.forward(
                     ForwardInput::new(batch.input_ids).with_attention_mask(batch.attention_mask),
                     None,
@@ -345,6 +346,16 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Tokens the next-token loss covers in `sample` (trained labels after the first position).
+fn predicted_tokens(sample: &TokenizedSample) -> usize {
+    sample
+        .labels
+        .iter()
+        .skip(1)
+        .filter(|&&l| l != crate::loss::IGNORE_INDEX)
+        .count()
 }
 
 fn loss_value(t: &burn::tensor::Tensor<1>) -> f64 {

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 use lmflow_models::{CausalLm, ModelConfig};
 use lmflow_optim::schedule::ScheduleKind;
 use lmflow_train::{
-    FullModelWeights, IGNORE_INDEX, TrainSample, Trainer, TrainerConfig, metrics::read_metrics,
+    FullModelWeights, IGNORE_INDEX, TokenizedSample, Trainer, TrainerConfig, metrics::read_metrics,
 };
 
 fn tiny_config() -> ModelConfig {
@@ -20,7 +20,7 @@ fn tiny_config() -> ModelConfig {
 }
 
 /// Counting sequences ("a, a+1, a+2, ...") with the first two tokens masked as a prompt.
-fn samples() -> Vec<TrainSample> {
+fn samples() -> Vec<TokenizedSample> {
     (0..12)
         .map(|start| {
             let ids: Vec<u32> = (0..10).map(|i| 1 + (start + i) % 40).collect();
@@ -29,9 +29,12 @@ fn samples() -> Vec<TrainSample> {
                 .enumerate()
                 .map(|(i, &t)| if i < 2 { IGNORE_INDEX } else { t as i64 })
                 .collect();
-            TrainSample {
+            TokenizedSample {
+                original_len: ids.len(),
                 input_ids: ids,
                 labels,
+                truncated: false,
+                target_lost: false,
             }
         })
         .collect()
