@@ -4,7 +4,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod chat;
 mod device;
+mod eval;
+mod finetune;
+mod generate;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
 #[derive(Parser, Debug)]
@@ -21,6 +25,14 @@ enum Command {
     //   Data(data::Args)        -> crates/lmflow-cli/src/data.rs
     //   Generate / Chat         -> crates/lmflow-cli/src/generate.rs, chat.rs
     //   Merge(merge::Args)      -> crates/lmflow-cli/src/merge.rs
+    /// Fine-tune a model (LoRA by default) on an LMFlow dataset.
+    Finetune(finetune::Args),
+    /// Negative log-likelihood / perplexity of a model on a text_only dataset.
+    Eval(eval::Args),
+    /// Generate continuations of prompts (batched, streaming, speculative with --draft-model).
+    Generate(generate::Args),
+    /// Chat interactively with a model using its chat template.
+    Chat(chat::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -35,6 +47,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Finetune(args) => finetune::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {

@@ -58,7 +58,8 @@ impl BatchData {
     /// Moves the data to tensors on `device`.
     pub fn to_batch(&self, device: &Device) -> Batch {
         let shape = [self.batch, self.seq];
-        let t = |v: &Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v.clone(), shape), device);
+        let t =
+            |v: &Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v.clone(), shape), device);
         Batch {
             input_ids: t(&self.input_ids),
             labels: t(&self.labels),
@@ -94,8 +95,10 @@ pub fn collate_data(
     };
     for s in samples {
         let pad = seq - s.len();
-        d.input_ids.extend(s.input_ids.iter().map(|&x| i64::from(x)));
-        d.input_ids.extend(std::iter::repeat_n(i64::from(pad_id), pad));
+        d.input_ids
+            .extend(s.input_ids.iter().map(|&x| i64::from(x)));
+        d.input_ids
+            .extend(std::iter::repeat_n(i64::from(pad_id), pad));
         d.labels.extend(&s.labels);
         d.labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         d.attention_mask.extend(std::iter::repeat_n(1, s.len()));
@@ -124,8 +127,10 @@ pub fn collate_packed_data(blocks: &[&PackedBlock], pad_id: u32) -> Result<Batch
     let mut segs = Vec::new();
     for b in blocks {
         let pad = seq - b.len();
-        d.input_ids.extend(b.input_ids.iter().map(|&x| i64::from(x)));
-        d.input_ids.extend(std::iter::repeat_n(i64::from(pad_id), pad));
+        d.input_ids
+            .extend(b.input_ids.iter().map(|&x| i64::from(x)));
+        d.input_ids
+            .extend(std::iter::repeat_n(i64::from(pad_id), pad));
         d.labels.extend(&b.labels);
         d.labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         d.attention_mask.extend(std::iter::repeat_n(1, b.len()));
@@ -166,7 +171,11 @@ pub struct PairedBatch {
 
 /// Collates preference pairs (reward modelling, DPO): both sides are padded to the same
 /// length so they can also be concatenated along the batch.
-pub fn collate_pairs(pairs: &[&TokenizedPair], pad_id: u32, device: &Device) -> Result<PairedBatch> {
+pub fn collate_pairs(
+    pairs: &[&TokenizedPair],
+    pad_id: u32,
+    device: &Device,
+) -> Result<PairedBatch> {
     check_nonempty(pairs.len())?;
     let longest = pairs
         .iter()

@@ -51,7 +51,9 @@ pub enum DatasetError {
         message: String,
     },
     /// A folder mixes files of different dataset types.
-    #[error("{path} has type `{found}` but {first} has type `{expected}`: all files of a folder must share one type")]
+    #[error(
+        "{path} has type `{found}` but {first} has type `{expected}`: all files of a folder must share one type"
+    )]
     MixedTypes {
         /// The file with the different type.
         path: PathBuf,

@@ -237,10 +237,8 @@ impl Instance {
             DatasetType::Conversation => Instance::Conversation(p.conversation(obj, "")?),
             DatasetType::PairedConversation => Instance::PairedConversation {
                 chosen: p.conversation(p.object(p.get(obj, "chosen")?, "chosen")?, "chosen.")?,
-                rejected: p.conversation(
-                    p.object(p.get(obj, "rejected")?, "rejected")?,
-                    "rejected.",
-                )?,
+                rejected: p
+                    .conversation(p.object(p.get(obj, "rejected")?, "rejected")?, "rejected.")?,
             },
             DatasetType::PairedTextToText => Instance::PairedTextToText {
                 prompt: p.string(obj, "prompt")?,
@@ -323,8 +321,12 @@ impl Parser<'_> {
     }
 
     fn object<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>> {
-        v.as_object()
-            .ok_or_else(|| self.err(field, &format!("expected an object, found {}", json_type(v))))
+        v.as_object().ok_or_else(|| {
+            self.err(
+                field,
+                &format!("expected an object, found {}", json_type(v)),
+            )
+        })
     }
 
     fn array<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Vec<Value>> {
@@ -348,7 +350,9 @@ impl Parser<'_> {
 
     fn number(&self, v: &Value, field: &str) -> Result<f64> {
         match v {
-            Value::Number(n) => n.as_f64().ok_or_else(|| self.err(field, "not a finite number")),
+            Value::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| self.err(field, "not a finite number")),
             // LMFlow's own description writes floats as strings ("FLOAT_1").
             Value::String(s) => s
                 .trim()
@@ -374,7 +378,10 @@ impl Parser<'_> {
             &field("messages"),
         )?;
         if raw.is_empty() {
-            return Err(self.err(&field("messages"), "a conversation needs at least one message"));
+            return Err(self.err(
+                &field("messages"),
+                "a conversation needs at least one message",
+            ));
         }
         let mut messages = Vec::with_capacity(raw.len());
         for (i, m) in raw.iter().enumerate() {

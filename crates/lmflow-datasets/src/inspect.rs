@@ -125,7 +125,12 @@ pub fn inspect(
             Instance::PairedConversation { chosen, rejected } => {
                 for (part, c) in [("chosen", chosen), ("rejected", rejected)] {
                     let e = encoder.encode_conversation(c).map_err(at)?;
-                    out.push(from_sample(e.segments, e.sample, (path.clone(), index), Some(part)));
+                    out.push(from_sample(
+                        e.segments,
+                        e.sample,
+                        (path.clone(), index),
+                        Some(part),
+                    ));
                 }
             }
             Instance::PairedTextToText {
@@ -141,12 +146,22 @@ pub fn inspect(
                             output: completion.clone(),
                         })
                         .map_err(at)?;
-                    out.push(from_sample(e.segments, e.sample, (path.clone(), index), Some(part)));
+                    out.push(from_sample(
+                        e.segments,
+                        e.sample,
+                        (path.clone(), index),
+                        Some(part),
+                    ));
                 }
             }
             Instance::TextOnly { .. } | Instance::Text2Text { .. } | Instance::Conversation(_) => {
                 let e = encoder.encode_text(&inst).map_err(at)?;
-                out.push(from_sample(e.segments, e.sample, (path.clone(), index), None));
+                out.push(from_sample(
+                    e.segments,
+                    e.sample,
+                    (path.clone(), index),
+                    None,
+                ));
             }
             other => {
                 return Err(DatasetError::Type(format!(
@@ -167,7 +182,11 @@ const RESET: &str = "\x1b[0m";
 /// Human-readable view of one sample: a header line, then the tokens decoded with trained
 /// tokens in bold green and masked tokens dimmed (plain `[[...]]` around trained text when
 /// `color` is false).
-pub fn render_sample(sample: &InspectedSample, tokenizer: &Tokenizer, color: bool) -> Result<String> {
+pub fn render_sample(
+    sample: &InspectedSample,
+    tokenizer: &Tokenizer,
+    color: bool,
+) -> Result<String> {
     let mut out = String::new();
     let trained = sample.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
     if let Some((p, i)) = &sample.origin {
@@ -300,7 +319,11 @@ pub fn stats_of(samples: &[InspectedSample], block_size: usize) -> DatasetStats 
         total_tokens: total,
         trained_tokens: trained,
         truncated,
-        truncated_fraction: if n == 0 { 0.0 } else { truncated as f64 / n as f64 },
+        truncated_fraction: if n == 0 {
+            0.0
+        } else {
+            truncated as f64 / n as f64
+        },
         target_lost: samples.iter().filter(|s| s.target_lost).count(),
         masked_fraction: if total == 0 {
             0.0

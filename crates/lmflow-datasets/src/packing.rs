@@ -48,13 +48,19 @@ pub fn pack_best_fit(samples: &[TokenizedSample], block_size: usize) -> Result<V
     if block_size == 0 {
         return Err(DatasetError::Config("block_size must be positive".into()));
     }
-    if let Some((i, s)) = samples.iter().enumerate().find(|(_, s)| s.len() > block_size) {
+    if let Some((i, s)) = samples
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > block_size)
+    {
         return Err(DatasetError::Config(format!(
             "sample {i} has {} tokens, more than block_size {block_size}",
             s.len()
         )));
     }
-    let mut order: Vec<usize> = (0..samples.len()).filter(|&i| !samples[i].is_empty()).collect();
+    let mut order: Vec<usize> = (0..samples.len())
+        .filter(|&i| !samples[i].is_empty())
+        .collect();
     order.sort_by(|&a, &b| samples[b].len().cmp(&samples[a].len()).then(a.cmp(&b)));
     // remaining room -> blocks with that room (block indices in creation order)
     let mut by_room: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -81,7 +87,10 @@ pub fn pack_best_fit(samples: &[TokenizedSample], block_size: usize) -> Result<V
         bins[b].push(i);
         room[b] -= need;
         by_room.entry(room[b]).or_default().push(b);
-        by_room.get_mut(&room[b]).expect("just inserted").sort_unstable();
+        by_room
+            .get_mut(&room[b])
+            .expect("just inserted")
+            .sort_unstable();
     }
     Ok(bins
         .into_iter()

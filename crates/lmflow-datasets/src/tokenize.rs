@@ -156,9 +156,7 @@ impl<'a> SampleEncoder<'a> {
             return Ok(None);
         }
         self.tokenizer.eos_token_id().map(Some).ok_or_else(|| {
-            DatasetError::Config(
-                "the tokenizer has no EOS token (needed by append_eos)".into(),
-            )
+            DatasetError::Config("the tokenizer has no EOS token (needed by append_eos)".into())
         })
     }
 

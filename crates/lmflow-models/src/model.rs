@@ -88,6 +88,9 @@ pub struct ForwardOutput {
 }
 
 /// A causal language model of any supported architecture.
+// Models are built once and moved rarely; boxing the LLaMA variant would only complicate
+// matching.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CausalLm {
     /// `llama`, `mistral`, `qwen2`, `qwen3`.

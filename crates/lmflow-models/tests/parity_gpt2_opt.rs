@@ -449,3 +449,106 @@ fn invalid_inputs_are_errors() {
     let err = load_pretrained(&fixtures().join("gpt2"), &device, &opts).unwrap_err();
     assert!(matches!(err, ModelError::Config { .. }), "{err}");
 }
+
+/// Greedy decoding as `generate(do_sample=False)`: positions `cumsum(mask) - 1` (padding 0),
+/// rows that produced an eos token continue with `pad`, stop when every row is done.
+fn greedy(
+    model: &CausalLm,
+    prompt: &[Vec<i64>],
+    mask: &[Vec<i64>],
+    max_new: usize,
+    eos: &[i64],
+    pad: i64,
+    device: &Device,
+) -> Vec<Vec<i64>> {
+    let b = prompt.len();
+    let n = prompt[0].len();
+    let flat = |rows: &[Vec<i64>]| rows.iter().flatten().copied().collect::<Vec<i64>>();
+    let positions: Vec<Vec<i64>> = mask
+        .iter()
+        .map(|row| {
+            let mut c = 0;
+            row.iter()
+                .map(|&m| {
+                    c += m;
+                    if m == 0 { 0 } else { c - 1 }
+                })
+                .collect()
+        })
+        .collect();
+    let tensor = |v: Vec<i64>, cols: usize| -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(v, [b, cols]), device)
+    };
+    let mut out: Vec<Vec<i64>> = prompt.to_vec();
+    let mut mask: Vec<Vec<i64>> = mask.to_vec();
+    let mut next_pos: Vec<i64> = positions.iter().map(|p| p[n - 1] + 1).collect();
+    let mut done = vec![false; b];
+    let mut cache = model.new_cache(n + max_new);
+    let mut input = ForwardInput::new(tensor(flat(prompt), n))
+        .with_attention_mask(tensor(flat(&mask), n))
+        .with_position_ids(tensor(flat(&positions), n));
+    for _ in 0..max_new {
+        let logits = model.forward(input, Some(&mut cache)).unwrap().logits;
+        let [_, s, v] = logits.dims();
+        let last = values(logits.slice(s![.., s - 1..s, ..]));
+        let mut step = Vec::with_capacity(b);
+        for row in 0..b {
+            let scores = &last[row * v..(row + 1) * v];
+            let best = (0..v).fold(0, |best, i| if scores[i] > scores[best] { i } else { best });
+            let token = if done[row] { pad } else { best as i64 };
+            done[row] |= eos.contains(&token);
+            out[row].push(token);
+            mask[row].push(1);
+            step.push(token);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let len = mask[0].len();
+        input = ForwardInput::new(tensor(step, 1))
+            .with_attention_mask(tensor(flat(&mask), len))
+            .with_position_ids(tensor(next_pos.clone(), 1));
+        next_pos.iter_mut().for_each(|p| *p += 1);
+    }
+    out
+}
+
+#[test]
+fn greedy_decoding_matches_transformers_generate() {
+    let device = Device::flex();
+    for &(case, reference) in CASES {
+        if case == "gpt2-legacy" {
+            continue;
+        }
+        let model = load(case, &device).model;
+        let path = fixtures()
+            .join("reference")
+            .join(format!("{reference}.json"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let generate = &meta["generate"];
+        let ids =
+            |v: &serde_json::Value| -> Vec<Vec<i64>> { serde_json::from_value(v.clone()).unwrap() };
+        let eos: Vec<i64> =
+            serde_json::from_value(generate["generation_config"]["eos_token_id"].clone()).unwrap();
+        let pad = generate["generation_config"]["pad_token_id"]
+            .as_i64()
+            .unwrap();
+        let single = &generate["single"];
+        let prompt = ids(&single["input_ids"]);
+        let ones = vec![vec![1; prompt[0].len()]];
+        let got = greedy(&model, &prompt, &ones, 10, &eos, pad, &device);
+        assert_eq!(got, ids(&single["output_ids"]), "{case}: single prompt");
+        let batch = &generate["left_padded_batch"];
+        let got = greedy(
+            &model,
+            &ids(&batch["input_ids"]),
+            &ids(&batch["attention_mask"]),
+            10,
+            &eos,
+            pad,
+            &device,
+        );
+        assert_eq!(got, ids(&batch["output_ids"]), "{case}: left-padded batch");
+    }
+}

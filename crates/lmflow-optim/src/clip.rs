@@ -78,7 +78,7 @@ impl ModuleVisitor for NormAccumulator<'_> {
             let flat: Tensor<1> = g.reshape([n]);
             let norm = match self.norm_type {
                 NormType::Inf => flat.abs().max(),
-                NormType::P(p) if p == 2.0 => flat.square().sum().sqrt(),
+                NormType::P(2.0) => flat.square().sum().sqrt(),
                 NormType::P(p) => flat.abs().powf_scalar(p).sum().powf_scalar(1.0 / p),
             };
             self.parts.push(norm);

@@ -131,8 +131,11 @@ impl ParamGroupsConfig {
                     optim = optim.with_group(both, LrScaled::new(make(0.0), rule.ratio), None);
                 }
                 None => {
-                    optim =
-                        optim.with_group(group, LrScaled::new(make(weight_decay), rule.ratio), None);
+                    optim = optim.with_group(
+                        group,
+                        LrScaled::new(make(weight_decay), rule.ratio),
+                        None,
+                    );
                 }
             }
         }

@@ -619,10 +619,11 @@ fn l2(weight_decay: f64) -> Option<WeightDecayConfig> {
 impl OptimizerConfig {
     /// Parses a JSON config. An unknown name or field gives an error listing the valid ones.
     pub fn from_json(json: &str) -> Result<Self, Error> {
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|source| Error::Config {
-            what: "optimizer",
-            source,
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|source| Error::Config {
+                what: "optimizer",
+                source,
+            })?;
         Self::from_value(value)
     }
 
@@ -721,7 +722,7 @@ impl OptimizerConfig {
             Sgd(s) => groups.assemble(s.weight_decay, |wd| {
                 SgdConfig::new()
                     .with_weight_decay(l2(wd))
-                    .with_momentum((s.momentum != 0.0).then(|| MomentumConfig {
+                    .with_momentum((s.momentum != 0.0).then_some(MomentumConfig {
                         momentum: s.momentum,
                         dampening: s.dampening,
                         nesterov: s.nesterov,
@@ -970,4 +971,3 @@ impl OptimizerConfig {
         })
     }
 }
-

@@ -190,7 +190,10 @@ impl ScheduleConfig {
                     (Some(min_lr), None) => min_lr / lr,
                     (None, Some(rate)) => rate,
                     (None, None) => {
-                        return Err(invalid("min_lr", "min_lr or min_lr_rate is required".into()));
+                        return Err(invalid(
+                            "min_lr",
+                            "min_lr or min_lr_rate is required".into(),
+                        ));
                     }
                 };
                 Rule::Cosine {
@@ -322,7 +325,8 @@ impl LrSchedule {
         let w = warmup as f64;
         let total = self.num_training_steps as f64;
         let linear_warmup = || s / (warmup.max(1) as f64);
-        let progress = || (s - w) / ((self.num_training_steps.saturating_sub(warmup)).max(1) as f64);
+        let progress =
+            || (s - w) / ((self.num_training_steps.saturating_sub(warmup)).max(1) as f64);
         match &self.rule {
             Rule::Constant => 1.0,
             Rule::ConstantWithWarmup => {

@@ -89,12 +89,24 @@ fn no_decay_for_biases_and_norm_weights() {
     assert_eq!(vals(&model.norm.gamma), before.2);
 
     let groups = ParamGroupsConfig::default();
-    assert!(groups.is_no_decay("layers.0.input_layernorm.weight").expect("regex"));
+    assert!(
+        groups
+            .is_no_decay("layers.0.input_layernorm.weight")
+            .expect("regex")
+    );
     assert!(groups.is_no_decay("model.norm.weight").expect("regex"));
     assert!(groups.is_no_decay("h.0.ln_1.gamma").expect("regex"));
     assert!(groups.is_no_decay("attn.q_proj.bias").expect("regex"));
-    assert!(!groups.is_no_decay("layers.0.mlp.down_proj.weight").expect("regex"));
-    assert!(!groups.is_no_decay("model.normalizer_proj.weight").expect("regex"));
+    assert!(
+        !groups
+            .is_no_decay("layers.0.mlp.down_proj.weight")
+            .expect("regex")
+    );
+    assert!(
+        !groups
+            .is_no_decay("model.normalizer_proj.weight")
+            .expect("regex")
+    );
 }
 
 #[test]
@@ -118,7 +130,10 @@ fn lora_plus_ratio_scales_the_b_matrices() {
     ] {
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             let expected = b - 0.01 * ratio * (x[i % 3] + 0.1 * b);
-            assert!((a - expected).abs() < 1e-6, "ratio {ratio}: {a} vs {expected}");
+            assert!(
+                (a - expected).abs() < 1e-6,
+                "ratio {ratio}: {a} vs {expected}"
+            );
         }
     }
     // The B bias is in the LoRA+ group but excluded from decay.
@@ -134,7 +149,10 @@ fn clipping_under_autodiff_returns_the_pre_clip_norm() {
     // Gradients: two [2,3] weights with rows x = (1, 2, 3), two biases of ones, gamma of ones.
     let expected = (2.0f64 * 2.0 * 14.0 + 4.0 + 3.0).sqrt();
     let norm = clip_grad_norm(&model, &mut grads, 1.0, NormType::P(2.0)).expect("clip");
-    assert!((norm - expected).abs() < 1e-4 * expected, "{norm} vs {expected}");
+    assert!(
+        (norm - expected).abs() < 1e-4 * expected,
+        "{norm} vs {expected}"
+    );
     let after = grad_norm(&model, &grads, NormType::P(2.0));
     assert!((after - 1.0).abs() < 1e-4, "clipped norm {after}");
     assert!(clip_grad_norm(&model, &mut grads, 1.0, NormType::P(0.0)).is_err());

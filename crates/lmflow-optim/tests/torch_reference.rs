@@ -63,7 +63,10 @@ fn values(toy: &Toy) -> [Vec<f32>; 2] {
 /// Largest error scaled by `max(1, |expected|)`.
 fn max_err(actual: &[Vec<f32>; 2], expected: &Value) -> f32 {
     let mut worst = 0f32;
-    for (a, e) in actual.iter().zip([floats(&expected[0]), floats(&expected[1])]) {
+    for (a, e) in actual
+        .iter()
+        .zip([floats(&expected[0]), floats(&expected[1])])
+    {
         assert_eq!(a.len(), e.len());
         for (x, y) in a.iter().zip(e) {
             let err = (x - y).abs() / y.abs().max(1.0);
@@ -151,7 +154,10 @@ fn optimizer_state_resumes_exactly() {
             values(&resumed),
             "{name}: resumed run differs from the uninterrupted one"
         );
-        assert!(worst <= TOL, "{name}: resumed run is off the reference ({worst:e})");
+        assert!(
+            worst <= TOL,
+            "{name}: resumed run is off the reference ({worst:e})"
+        );
     }
 }
 

@@ -131,7 +131,7 @@ impl LoraAdapter {
         let mut adapter = Self::from_tensors(name, a, b, None, scale, dropout);
         if use_dora {
             adapter.magnitude = Some(Param::from_tensor(
-                adapter.dora_weight_norm(weight.clone()),
+                adapter.dora_weight_norm(weight.clone()).detach(),
             ));
         }
         Ok((adapter, weight))
@@ -263,5 +263,5 @@ fn pissa(
     let a = Tensor::<2>::from_data(burn::tensor::TensorData::new(a, [rank, d_in]), &device);
     let b = Tensor::<2>::from_data(burn::tensor::TensorData::new(b, [d_out, rank]), &device);
     let residual = weight - b.clone().matmul(a.clone()).mul_scalar(scale);
-    Ok((a, b, residual))
+    Ok((a, b, residual.detach()))
 }

@@ -279,7 +279,9 @@ fn new_environment() -> Environment<'static> {
     );
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
-    env.add_filter("__lmflow_generation_start", |_: String| GEN_START.to_string());
+    env.add_filter("__lmflow_generation_start", |_: String| {
+        GEN_START.to_string()
+    });
     env.add_filter("__lmflow_generation_end", |_: String| GEN_END.to_string());
     env
 }
@@ -430,7 +432,10 @@ mod tests {
     #[test]
     fn strftime_formats_known_dates() {
         // 2024-07-26 13:05:09 UTC (a Friday)
-        assert_eq!(strftime(1_722_000_309, "%d %b %Y %H:%M:%S %a %j"), "26 Jul 2024 13:25:09 Fri 208");
+        assert_eq!(
+            strftime(1_722_000_309, "%d %b %Y %H:%M:%S %a %j"),
+            "26 Jul 2024 13:25:09 Fri 208"
+        );
         assert_eq!(strftime(0, "%Y-%m-%d %A"), "1970-01-01 Thursday");
         assert_eq!(strftime(951_782_400, "%Y-%m-%d"), "2000-02-29");
     }

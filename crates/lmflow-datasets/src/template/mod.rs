@@ -104,10 +104,12 @@ impl ChatTemplate {
 
     /// The tokenizer's own `chat_template` (`name` picks one of a list; `None`: the default).
     pub fn from_tokenizer(tokenizer: &Tokenizer, name: Option<&str>) -> Result<Self> {
-        let source = tokenizer.chat_template(name).ok_or_else(|| DatasetError::Template {
-            name: name.unwrap_or("tokenizer").into(),
-            message: "the tokenizer has no such chat_template".into(),
-        })?;
+        let source = tokenizer
+            .chat_template(name)
+            .ok_or_else(|| DatasetError::Template {
+                name: name.unwrap_or("tokenizer").into(),
+                message: "the tokenizer has no such chat_template".into(),
+            })?;
         Ok(ChatTemplate::Jinja(JinjaTemplate::new(
             name.unwrap_or("tokenizer"),
             source,

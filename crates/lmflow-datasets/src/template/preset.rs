@@ -412,13 +412,24 @@ mod tests {
             }
             let p = Preset::from_name(name).unwrap();
             let segs = p.render(&c, &tokens, false).unwrap();
-            let trained: String = segs.iter().filter(|s| s.trained).map(|s| s.text.as_str()).collect();
-            let untrained: String = segs.iter().filter(|s| !s.trained).map(|s| s.text.as_str()).collect();
+            let trained: String = segs
+                .iter()
+                .filter(|s| s.trained)
+                .map(|s| s.text.as_str())
+                .collect();
+            let untrained: String = segs
+                .iter()
+                .filter(|s| !s.trained)
+                .map(|s| s.text.as_str())
+                .collect();
             assert!(trained.starts_with("BOTTEXT"), "{name}: {trained:?}");
             assert!(!trained.contains("USERTEXT"), "{name}");
             assert!(untrained.contains("USERTEXT"), "{name}");
             if *name != "empty_no_special_tokens" {
-                assert!(trained.len() > "BOTTEXT".len(), "{name}: end-of-turn must be trained");
+                assert!(
+                    trained.len() > "BOTTEXT".len(),
+                    "{name}: end-of-turn must be trained"
+                );
             }
         }
     }

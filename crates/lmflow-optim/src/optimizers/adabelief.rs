@@ -41,7 +41,9 @@ pub struct AdaBeliefConfig {
 impl AdaBeliefConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> AdaBelief {
-        AdaBelief { config: self.clone() }
+        AdaBelief {
+            config: self.clone(),
+        }
     }
 }
 
@@ -128,13 +130,12 @@ impl Optimizer for AdaBelief {
             let n_sma_max = 2.0 / (1.0 - c.beta_2) - 1.0;
             let n_sma = n_sma_max - 2.0 * t * beta2_t / (1.0 - beta2_t);
             if n_sma >= 5.0 {
-                let step_size = ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0)
-                    * (n_sma - 2.0)
-                    / n_sma
-                    * n_sma_max
-                    / (n_sma_max - 2.0))
-                    .sqrt()
-                    / bc1;
+                let step_size =
+                    ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma
+                        * n_sma_max
+                        / (n_sma_max - 2.0))
+                        .sqrt()
+                        / bc1;
                 let denom = exp_avg_var.clone().sqrt().add_scalar(c.epsilon);
                 tensor - exp_avg.clone().div(denom).mul_scalar(step_size * lr)
             } else if c.degenerated_to_sgd {

@@ -39,7 +39,9 @@ pub struct AdaBoundConfig {
 impl AdaBoundConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> AdaBound {
-        AdaBound { config: self.clone() }
+        AdaBound {
+            config: self.clone(),
+        }
     }
 }
 
@@ -110,7 +112,8 @@ impl Optimizer for AdaBound {
             .sqrt()
             .add_scalar(c.epsilon);
         let t = step as f64;
-        let step_size = lr * bias_correction(c.beta_2, step).sqrt() / bias_correction(c.beta_1, step);
+        let step_size =
+            lr * bias_correction(c.beta_2, step).sqrt() / bias_correction(c.beta_1, step);
         let final_lr = c.final_lr * lr / c.initial_lr;
         let lower = final_lr * (1.0 - 1.0 / (c.gamma * t + 1.0));
         let upper = final_lr * (1.0 + 1.0 / (c.gamma * t));

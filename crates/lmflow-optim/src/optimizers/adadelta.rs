@@ -23,7 +23,9 @@ pub struct AdadeltaConfig {
 impl AdadeltaConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> Adadelta {
-        Adadelta { config: self.clone() }
+        Adadelta {
+            config: self.clone(),
+        }
     }
 }
 

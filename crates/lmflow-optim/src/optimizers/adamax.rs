@@ -26,7 +26,9 @@ pub struct AdamaxConfig {
 impl AdamaxConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> Adamax {
-        Adamax { config: self.clone() }
+        Adamax {
+            config: self.clone(),
+        }
     }
 }
 

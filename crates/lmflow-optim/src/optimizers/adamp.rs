@@ -36,7 +36,9 @@ pub struct AdamPConfig {
 impl AdamPConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> AdamP {
-        AdamP { config: self.clone() }
+        AdamP {
+            config: self.clone(),
+        }
     }
 }
 
@@ -81,8 +83,8 @@ impl Optimizer for AdamP {
         });
         let step = state.step + 1;
         let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let exp_avg_sq =
-            state.exp_avg_sq.mul_scalar(c.beta_2) + grad.clone().square().mul_scalar(1.0 - c.beta_2);
+        let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta_2)
+            + grad.clone().square().mul_scalar(1.0 - c.beta_2);
         let denom = exp_avg_sq
             .clone()
             .sqrt()

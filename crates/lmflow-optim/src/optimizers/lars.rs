@@ -32,7 +32,9 @@ pub struct LarsConfig {
 impl LarsConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> Lars {
-        Lars { config: self.clone() }
+        Lars {
+            config: self.clone(),
+        }
     }
 }
 

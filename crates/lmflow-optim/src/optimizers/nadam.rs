@@ -32,7 +32,9 @@ pub struct NAdamConfig {
 impl NAdamConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> NAdam {
-        NAdam { config: self.clone() }
+        NAdam {
+            config: self.clone(),
+        }
     }
 }
 
@@ -96,9 +98,13 @@ impl Optimizer for NAdam {
         let mu_product_next = mu_product * mu_next;
 
         let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let exp_avg_sq =
-            state.exp_avg_sq.mul_scalar(c.beta_2) + grad.clone().square().mul_scalar(1.0 - c.beta_2);
-        let denom = exp_avg_sq.clone().div_scalar(bc2).sqrt().add_scalar(c.epsilon);
+        let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta_2)
+            + grad.clone().square().mul_scalar(1.0 - c.beta_2);
+        let denom = exp_avg_sq
+            .clone()
+            .div_scalar(bc2)
+            .sqrt()
+            .add_scalar(c.epsilon);
         let tensor = tensor
             + grad
                 .div(denom.clone())

@@ -32,7 +32,9 @@ pub struct NovoGradConfig {
 impl NovoGradConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> NovoGrad {
-        NovoGrad { config: self.clone() }
+        NovoGrad {
+            config: self.clone(),
+        }
     }
 }
 

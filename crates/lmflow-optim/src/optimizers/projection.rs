@@ -51,15 +51,25 @@ mod tests {
     #[test]
     fn projects_only_orthogonal_gradients() {
         let device = Device::flex();
-        let p = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+        let p = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
+            &device,
+        );
         // Each gradient row is orthogonal to the matching parameter row.
-        let orthogonal =
-            Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 1.0, 1.0, 0.0], [2, 2]), &device);
-        let (update, ratio, projected) = project(&p, &orthogonal, orthogonal.clone(), 0.1, 0.1, 1e-8);
+        let orthogonal = Tensor::<2>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 1.0, 0.0], [2, 2]),
+            &device,
+        );
+        let (update, ratio, projected) =
+            project(&p, &orthogonal, orthogonal.clone(), 0.1, 0.1, 1e-8);
         assert!(projected);
         assert_eq!(ratio, 0.1);
         // The projected update has no component along the parameter rows.
-        let radial = (update * p.clone()).sum_dim(1).abs().max().into_scalar::<f32>();
+        let radial = (update * p.clone())
+            .sum_dim(1)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
         assert!(radial < 1e-6);
 
         let aligned = p.clone();

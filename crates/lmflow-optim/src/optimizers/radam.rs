@@ -29,7 +29,9 @@ pub struct RAdamConfig {
 impl RAdamConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> RAdam {
-        RAdam { config: self.clone() }
+        RAdam {
+            config: self.clone(),
+        }
     }
 }
 

@@ -227,7 +227,9 @@ impl ScheduleFree {
             grad = grad + tensor.clone().mul_scalar(self.weight_decay);
         }
         let y = tensor.clone() + (state.z.clone() - tensor).mul_scalar(ckp1);
-        let y = y + grad.clone().mul_scalar(lr * (self.beta_1 * (1.0 - ckp1) - 1.0));
+        let y = y + grad
+            .clone()
+            .mul_scalar(lr * (self.beta_1 * (1.0 - ckp1) - 1.0));
         let z = state.z - grad.mul_scalar(lr);
         (
             y,

@@ -36,7 +36,9 @@ pub struct SgdpConfig {
 impl SgdpConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> Sgdp {
-        Sgdp { config: self.clone() }
+        Sgdp {
+            config: self.clone(),
+        }
     }
 }
 
@@ -69,7 +71,9 @@ impl Optimizer for Sgdp {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let c = &self.config;
-        let buf = state.map(|s| s.momentum).unwrap_or_else(|| tensor.zeros_like());
+        let buf = state
+            .map(|s| s.momentum)
+            .unwrap_or_else(|| tensor.zeros_like());
         let buf = buf.mul_scalar(c.momentum) + grad.clone().mul_scalar(1.0 - c.dampening);
         let d_p = if c.nesterov {
             grad.clone() + buf.clone().mul_scalar(c.momentum)

@@ -29,7 +29,9 @@ pub struct YogiConfig {
 impl YogiConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
     pub fn build(&self) -> Yogi {
-        Yogi { config: self.clone() }
+        Yogi {
+            config: self.clone(),
+        }
     }
 }
 

@@ -1,0 +1,306 @@
+//! `lmflow finetune`: LoRA (default) or full fine-tuning of a Hub-layout model on an LMFlow
+//! dataset, with a progress bar, `metrics.jsonl`, `loss.png` and resumable checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use lmflow_datasets::{ChatTemplate, Dataset, DatasetType, ReadOptions, SampleEncoder, TokenizeConfig, TokenizedSample, read_dataset};
+use lmflow_models::{LoadOptions, Tokenizer, load_pretrained};
+use lmflow_optim::schedule::ScheduleKind;
+use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
+use lmflow_train::{FullModelWeights, LoraWeights, TrainEvent, Trainer, TrainerConfig, WeightsIo};
+
+use crate::device::{DeviceKind, resolve};
+
+/// Arguments of `lmflow finetune`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model folder (Hub layout: config.json, safetensors, tokenizer files).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: an LMFlow JSON file, a folder of them, or JSON Lines.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Evaluation data (same formats); evaluated at `--eval-steps` and at the end.
+    #[arg(long)]
+    eval_dataset: Option<PathBuf>,
+    /// Output folder: adapter (or model) in `final/`, checkpoints, metrics.jsonl, loss.png.
+    #[arg(long, default_value = "output")]
+    output: PathBuf,
+    /// Trainer settings as JSON (HF TrainingArguments names); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Chat template for conversation data: `tokenizer` (the model's own) or a preset name.
+    #[arg(long, default_value = "tokenizer")]
+    template: String,
+    /// Maximum tokens per sample (default: the tokenizer's model_max_length, else 1024).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Train on prompt tokens too.
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// Full fine-tuning instead of LoRA.
+    #[arg(long)]
+    full: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// LoRA dropout.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// Comma-separated module names (e.g. `q_proj,v_proj`) or `all-linear`.
+    #[arg(long, default_value = "all-linear")]
+    target_modules: String,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long)]
+    use_rslora: bool,
+    /// DoRA (weight-decomposed LoRA).
+    #[arg(long)]
+    use_dora: bool,
+    /// Peak learning rate (default 2e-3 for LoRA, 2e-4 full).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Epochs (default 3, or the config's).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Optimizer steps, overriding epochs.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Samples per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Learning-rate schedule (linear, cosine, constant, ...).
+    #[arg(long)]
+    lr_scheduler: Option<String>,
+    /// Warmup fraction of the steps.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Shuffling seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Evaluate every this many steps (0: at the end only).
+    #[arg(long)]
+    eval_steps: Option<usize>,
+    /// Write a checkpoint every this many steps.
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Start afresh even when the output folder holds checkpoints.
+    #[arg(long)]
+    no_resume: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceKind,
+}
+
+fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid trainer config", path.display()))?
+        }
+        None => TrainerConfig {
+            learning_rate: if args.full { 2e-4 } else { 2e-3 },
+            num_train_epochs: 3.0,
+            lr_scheduler_type: ScheduleKind::Cosine,
+            warmup_ratio: 0.03,
+            logging_steps: 5,
+            save_steps: 100,
+            ..TrainerConfig::default()
+        },
+    };
+    cfg.output_dir = args.output.clone();
+    if let Some(v) = args.learning_rate {
+        cfg.learning_rate = v;
+    }
+    if let Some(v) = args.epochs {
+        cfg.num_train_epochs = v;
+    }
+    if args.max_steps.is_some() {
+        cfg.max_steps = args.max_steps;
+    }
+    if let Some(v) = args.batch_size {
+        cfg.per_device_train_batch_size = v;
+        cfg.per_device_eval_batch_size = v;
+    }
+    if let Some(v) = args.grad_accum {
+        cfg.gradient_accumulation_steps = v;
+    }
+    if let Some(v) = &args.lr_scheduler {
+        cfg.lr_scheduler_type = serde_json::from_value(serde_json::Value::String(v.clone()))
+            .with_context(|| format!("unknown --lr-scheduler `{v}`; one of {}", ScheduleKind::NAMES.join(", ")))?;
+    }
+    if let Some(v) = args.warmup_ratio {
+        cfg.warmup_ratio = v;
+    }
+    if let Some(v) = args.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = args.eval_steps {
+        cfg.eval_steps = v;
+    }
+    if let Some(v) = args.save_steps {
+        cfg.save_steps = v;
+    }
+    if args.no_resume {
+        cfg.resume = false;
+    }
+    Ok(cfg)
+}
+
+/// Reads and tokenizes a dataset, reporting truncation.
+pub fn tokenize_dataset(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    config: TokenizeConfig,
+) -> anyhow::Result<Vec<TokenizedSample>> {
+    let dataset: Dataset = read_dataset(path, &ReadOptions::default())?;
+    match dataset.dataset_type {
+        DatasetType::TextOnly | DatasetType::Text2Text | DatasetType::Conversation => {}
+        other => bail!(
+            "{}: `{}` data cannot be used for supervised fine-tuning (use text_only, text2text or conversation)",
+            path.display(),
+            other.as_str()
+        ),
+    }
+    let encoder = SampleEncoder::new(tokenizer, template, config)?;
+    let mut samples = Vec::with_capacity(dataset.len());
+    let (mut truncated, mut lost) = (0usize, 0usize);
+    for (instance, (file, index)) in dataset.instances.iter().zip(&dataset.origins) {
+        let encoded = encoder
+            .encode_text(instance)
+            .with_context(|| format!("{}: instance {index}", file.display()))?;
+        truncated += usize::from(encoded.sample.truncated);
+        if encoded.sample.target_lost {
+            lost += 1;
+            continue;
+        }
+        samples.push(encoded.sample);
+    }
+    if truncated > 0 {
+        tracing::warn!("{}: {truncated} samples truncated to the block size", path.display());
+    }
+    if lost > 0 {
+        eprintln!(
+            "warning: {}: {lost} samples dropped: truncation removed all their trained tokens (raise --block-size)",
+            path.display()
+        );
+    }
+    if samples.is_empty() {
+        bail!("{}: no trainable samples", path.display());
+    }
+    Ok(samples)
+}
+
+/// Runs `lmflow finetune`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = resolve(args.device)?.autodiff();
+    let cfg = trainer_config(&args)?;
+    let pretrained = load_pretrained(&args.model, &device, &LoadOptions::default())?;
+    let tokenizer = pretrained
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{}: no tokenizer.json", args.model.display()))?;
+    let template = ChatTemplate::resolve(&args.template, tokenizer).ok();
+    let block_size = args
+        .block_size
+        .or(tokenizer.model_max_length())
+        .unwrap_or(1024)
+        .min(pretrained.model.max_position_embeddings().max(1));
+    let tok_cfg = TokenizeConfig {
+        block_size,
+        train_on_prompt: args.train_on_prompt,
+        ..TokenizeConfig::default()
+    };
+    let train = tokenize_dataset(&args.dataset, tokenizer, template.as_ref(), tok_cfg.clone())?;
+    let eval = match &args.eval_dataset {
+        Some(p) => Some(tokenize_dataset(p, tokenizer, template.as_ref(), tok_cfg)?),
+        None => None,
+    };
+    let pad_id = tokenizer
+        .pad_token_id()
+        .or(tokenizer.eos_token_id())
+        .unwrap_or(0);
+
+    let (model, weights): (_, Box<dyn WeightsIo>) = if args.full {
+        let io = FullModelWeights::new(pretrained.config.clone(), device.clone());
+        (pretrained.model.clone(), Box::new(io))
+    } else {
+        let targets = if args.target_modules == "all-linear" {
+            TargetModules::Pattern("all-linear".into())
+        } else {
+            TargetModules::Names(args.target_modules.split(',').map(|s| s.trim().to_string()).collect())
+        };
+        let mut lora = LoraConfig::new(args.lora_r, args.lora_alpha, targets);
+        lora.lora_dropout = args.lora_dropout;
+        lora.use_rslora = args.use_rslora;
+        lora.use_dora = args.use_dora;
+        lora.task_type = Some("CAUSAL_LM".into());
+        lora.base_model_name_or_path = Some(args.model.display().to_string());
+        let (model, report) = get_peft_model(pretrained.model.clone(), &lora, "default")?;
+        tracing::info!("LoRA on {} layers", report.adapted.len());
+        (model, Box::new(LoraWeights::new(lora, "default", device.clone())))
+    };
+
+    let trainer = Trainer::new(cfg, device.clone(), pad_id)?;
+    let eval_before = match &eval {
+        Some(e) => Some(trainer.evaluate(&model, e)?),
+        None => None,
+    };
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let outcome = trainer.train(model, weights.as_ref(), &train, eval.as_deref(), &mut |event| match event {
+        TrainEvent::Started { total_steps, start_step, resumed_from } => {
+            bar.set_length(total_steps as u64);
+            bar.set_position(start_step as u64);
+            if let Some(p) = resumed_from {
+                bar.println(format!("resuming from {}", p.display()));
+            }
+        }
+        TrainEvent::Step { step, loss, lr, tokens_per_second } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"));
+        }
+        TrainEvent::Logged(r) => {
+            if let Some(e) = r.eval_loss {
+                bar.println(format!("step {}: eval loss {e:.4}", r.step));
+            }
+        }
+        TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
+    })?;
+    bar.finish_and_clear();
+    // Keep the tokenizer beside the final weights so the folder is self-contained.
+    if args.full {
+        lmflow_models::model::copy_tokenizer_files(&args.model, &outcome.final_dir)?;
+    }
+    let summary = serde_json::json!({
+        "output": args.output,
+        "final": outcome.final_dir,
+        "method": if args.full { "full" } else { "lora" },
+        "steps": outcome.state.global_step,
+        "train_samples": train.len(),
+        "train_loss": outcome.last_train_loss,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": outcome.final_eval_loss,
+        "metrics": args.output.join("metrics.jsonl"),
+        "loss_curve": args.output.join("loss.png"),
+    });
+    println!("{summary}");
+    Ok(())
+}
