@@ -173,9 +173,12 @@ fn adapter_saved_here_loads_in_peft() {
         lmflow_peft::save_adapter(&mut model, &cfg, "default", &dir).unwrap();
         let bytes: Vec<u8> = ours.iter().flat_map(|x| x.to_le_bytes()).collect();
         let n = ours.len();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 7, n / 14], &bytes)
-                .unwrap();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![2, 7, n / 14],
+            &bytes,
+        )
+        .unwrap();
         safetensors::serialize_to_file(
             [("logits", view)],
             None,
@@ -201,10 +204,9 @@ fn adapter_saved_here_loads_in_peft() {
         &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
     )
     .unwrap();
-    let cfg_committed: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg_committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg_now, cfg_committed);
     // PEFT's record.
     let rec: serde_json::Value = serde_json::from_str(
@@ -212,8 +214,14 @@ fn adapter_saved_here_loads_in_peft() {
             .expect("run `tests/fixtures/peft.py check`"),
     )
     .unwrap();
-    assert!(rec["max_abs_diff_vs_rust"].as_f64().unwrap() < TOL as f64, "{rec}");
-    assert!(rec["max_abs_diff_merged_vs_rust"].as_f64().unwrap() < TOL as f64, "{rec}");
+    assert!(
+        rec["max_abs_diff_vs_rust"].as_f64().unwrap() < TOL as f64,
+        "{rec}"
+    );
+    assert!(
+        rec["max_abs_diff_merged_vs_rust"].as_f64().unwrap() < TOL as f64,
+        "{rec}"
+    );
     let peft: Vec<f32> = rec["peft_logits_flat"]
         .as_array()
         .unwrap()

@@ -26,7 +26,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = load(&args.model)?;
     let tokenizer = loaded.tokenizer()?;
     let config = args.sampling.config(tokenizer, 1);
-    let mut conversation = Conversation { system: args.system.clone(), ..Conversation::default() };
+    let mut conversation = Conversation {
+        system: args.system.clone(),
+        ..Conversation::default()
+    };
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!("lmflow chat: type a message; /reset clears the history, /exit quits.");
@@ -48,15 +51,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "" => continue,
             _ => {}
         }
-        conversation.messages.push(Message { role: Role::User, content: line.to_string(), extra: Default::default() });
+        conversation.messages.push(Message {
+            role: Role::User,
+            content: line.to_string(),
+            extra: Default::default(),
+        });
         let prompt = chat_prompt(tokenizer, &args.chat_template, &conversation)?;
         let outputs = loaded.generate(&[prompt], &config, args.model.gamma, &mut |_, text| {
             let _ = write!(out, "{text}");
             let _ = out.flush();
         })?;
         writeln!(out)?;
-        let reply = outputs.into_iter().next().and_then(|o| o.text).unwrap_or_default();
-        conversation.messages.push(Message { role: Role::Assistant, content: reply, extra: Default::default() });
+        let reply = outputs
+            .into_iter()
+            .next()
+            .and_then(|o| o.text)
+            .unwrap_or_default();
+        conversation.messages.push(Message {
+            role: Role::Assistant,
+            content: reply,
+            extra: Default::default(),
+        });
     }
     Ok(())
 }

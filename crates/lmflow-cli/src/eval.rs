@@ -74,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pretrained = load_pretrained(&args.model, &device, &opts)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let Some(tokenizer) = &pretrained.tokenizer else {
-        bail!("{}: no tokenizer.json in the model folder", args.model.display());
+        bail!(
+            "{}: no tokenizer.json in the model folder",
+            args.model.display()
+        );
     };
     let dataset = read_dataset(&args.dataset, &ReadOptions::default())
         .with_context(|| format!("reading dataset {}", args.dataset.display()))?;

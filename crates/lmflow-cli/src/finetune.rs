@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use lmflow_datasets::{ChatTemplate, Dataset, DatasetType, ReadOptions, SampleEncoder, TokenizeConfig, TokenizedSample, read_dataset};
+use lmflow_datasets::{
+    ChatTemplate, Dataset, DatasetType, ReadOptions, SampleEncoder, TokenizeConfig,
+    TokenizedSample, read_dataset,
+};
 use lmflow_models::{LoadOptions, Tokenizer, load_pretrained};
 use lmflow_optim::schedule::ScheduleKind;
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
@@ -107,7 +110,8 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid trainer config", path.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid trainer config", path.display()))?
         }
         None => TrainerConfig {
             learning_rate: if args.full { 2e-4 } else { 2e-3 },
@@ -138,7 +142,12 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     }
     if let Some(v) = &args.lr_scheduler {
         cfg.lr_scheduler_type = serde_json::from_value(serde_json::Value::String(v.clone()))
-            .with_context(|| format!("unknown --lr-scheduler `{v}`; one of {}", ScheduleKind::NAMES.join(", ")))?;
+            .with_context(|| {
+                format!(
+                    "unknown --lr-scheduler `{v}`; one of {}",
+                    ScheduleKind::NAMES.join(", ")
+                )
+            })?;
     }
     if let Some(v) = args.warmup_ratio {
         cfg.warmup_ratio = v;
@@ -189,7 +198,10 @@ pub fn tokenize_dataset(
         samples.push(encoded.sample);
     }
     if truncated > 0 {
-        tracing::warn!("{}: {truncated} samples truncated to the block size", path.display());
+        tracing::warn!(
+            "{}: {truncated} samples truncated to the block size",
+            path.display()
+        );
     }
     if lost > 0 {
         eprintln!(
@@ -240,7 +252,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let targets = if args.target_modules == "all-linear" {
             TargetModules::Pattern("all-linear".into())
         } else {
-            TargetModules::Names(args.target_modules.split(',').map(|s| s.trim().to_string()).collect())
+            TargetModules::Names(
+                args.target_modules
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+            )
         };
         let mut lora = LoraConfig::new(args.lora_r, args.lora_alpha, targets);
         lora.lora_dropout = args.lora_dropout;
@@ -250,7 +267,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lora.base_model_name_or_path = Some(args.model.display().to_string());
         let (model, report) = get_peft_model(pretrained.model.clone(), &lora, "default")?;
         tracing::info!("LoRA on {} layers", report.adapted.len());
-        (model, Box::new(LoraWeights::new(lora, "default", device.clone())))
+        (
+            model,
+            Box::new(LoraWeights::new(lora, "default", device.clone())),
+        )
     };
 
     let trainer = Trainer::new(cfg, device.clone(), pad_id)?;
@@ -258,32 +278,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(e) => Some(trainer.evaluate(&model, e)?),
         None => None,
     };
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let outcome = trainer.train(model, weights.as_ref(), &train, eval.as_deref(), &mut |event| match event {
-        TrainEvent::Started { total_steps, start_step, resumed_from } => {
-            bar.set_length(total_steps as u64);
-            bar.set_position(start_step as u64);
-            if let Some(p) = resumed_from {
-                bar.println(format!("resuming from {}", p.display()));
+    let outcome = trainer.train(
+        model,
+        weights.as_ref(),
+        &train,
+        eval.as_deref(),
+        &mut |event| match event {
+            TrainEvent::Started {
+                total_steps,
+                start_step,
+                resumed_from,
+            } => {
+                bar.set_length(total_steps as u64);
+                bar.set_position(start_step as u64);
+                if let Some(p) = resumed_from {
+                    bar.println(format!("resuming from {}", p.display()));
+                }
             }
-        }
-        TrainEvent::Step { step, loss, lr, tokens_per_second } => {
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"));
-        }
-        TrainEvent::Logged(r) => {
-            if let Some(e) = r.eval_loss {
-                bar.println(format!("step {}: eval loss {e:.4}", r.step));
+            TrainEvent::Step {
+                step,
+                loss,
+                lr,
+                tokens_per_second,
+            } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
+                ));
             }
-        }
-        TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
-    })?;
+            TrainEvent::Logged(r) => {
+                if let Some(e) = r.eval_loss {
+                    bar.println(format!("step {}: eval loss {e:.4}", r.step));
+                }
+            }
+            TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
+        },
+    )?;
     bar.finish_and_clear();
     // Keep the tokenizer beside the final weights so the folder is self-contained.
     if args.full {

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::tensor::{Device, FloatDType};
 use lmflow_datasets::{ChatTemplate, Conversation, Message, Role, TemplateTokens};
-use lmflow_infer::{GenerationConfig, GenerationOutput, Generator, SpeculativeGenerator, load_model, parse_rope_scaling};
+use lmflow_infer::{
+    GenerationConfig, GenerationOutput, Generator, SpeculativeGenerator, load_model,
+    parse_rope_scaling,
+};
 use lmflow_models::{LoadOptions, Pretrained, Tokenizer};
 
 use crate::device::{DeviceKind, resolve};
@@ -106,7 +109,10 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty,
             num_return_sequences,
             seed: self.seed,
-            pad_token_id: tokenizer.pad_token_id().or(eos.first().copied()).unwrap_or(0),
+            pad_token_id: tokenizer
+                .pad_token_id()
+                .or(eos.first().copied())
+                .unwrap_or(0),
             eos_token_ids: eos,
             stop_strings: self.stop.clone(),
         }
@@ -126,10 +132,12 @@ pub struct Loaded {
 impl Loaded {
     /// The tokenizer of the target folder.
     pub fn tokenizer(&self) -> anyhow::Result<&Tokenizer> {
-        self.target
-            .tokenizer
-            .as_ref()
-            .with_context(|| format!("{}: no tokenizer.json in the model folder", self.target.dir.display()))
+        self.target.tokenizer.as_ref().with_context(|| {
+            format!(
+                "{}: no tokenizer.json in the model folder",
+                self.target.dir.display()
+            )
+        })
     }
 
     /// Generates (speculatively when a draft model is loaded), streaming text to `on_text`.
@@ -143,8 +151,13 @@ impl Loaded {
         let tokenizer = self.tokenizer()?;
         match &self.draft {
             Some(draft) => {
-                let spec = SpeculativeGenerator::new(&self.target.model, &draft.model, &self.device, gamma)?
-                    .with_tokenizer(tokenizer);
+                let spec = SpeculativeGenerator::new(
+                    &self.target.model,
+                    &draft.model,
+                    &self.device,
+                    gamma,
+                )?
+                .with_tokenizer(tokenizer);
                 let (out, stats) = spec.generate_streaming(prompts, config, on_text)?;
                 tracing::info!(
                     rounds = stats.rounds,
@@ -172,24 +185,48 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
         Some(json) => Some(parse_rope_scaling(&args.model, json).context("--rope-scaling")?),
         None => None,
     };
-    let options = LoadOptions { dtype: Some(dtype), rope_scaling };
+    let options = LoadOptions {
+        dtype: Some(dtype),
+        rope_scaling,
+    };
     let target = load_model(&args.model, args.adapter.as_deref(), &options, &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let draft = match &args.draft_model {
         Some(dir) => Some(
-            load_model(dir, None, &LoadOptions { dtype: Some(dtype), rope_scaling: None }, &device)
-                .with_context(|| format!("loading draft model {}", dir.display()))?,
+            load_model(
+                dir,
+                None,
+                &LoadOptions {
+                    dtype: Some(dtype),
+                    rope_scaling: None,
+                },
+                &device,
+            )
+            .with_context(|| format!("loading draft model {}", dir.display()))?,
         ),
         None => None,
     };
-    Ok(Loaded { target, draft, device })
+    Ok(Loaded {
+        target,
+        draft,
+        device,
+    })
 }
 
 /// Renders `conversation` with the chat template `spec` (`"tokenizer"` or a preset name) and
 /// the generation prompt, then tokenizes it without adding special tokens again.
-pub fn chat_prompt(tokenizer: &Tokenizer, spec: &str, conversation: &Conversation) -> anyhow::Result<Vec<u32>> {
-    let template = ChatTemplate::resolve(spec, tokenizer).with_context(|| format!("chat template `{spec}`"))?;
-    let text = template.render_text(conversation, &TemplateTokens::from_tokenizer(tokenizer), true)?;
+pub fn chat_prompt(
+    tokenizer: &Tokenizer,
+    spec: &str,
+    conversation: &Conversation,
+) -> anyhow::Result<Vec<u32>> {
+    let template = ChatTemplate::resolve(spec, tokenizer)
+        .with_context(|| format!("chat template `{spec}`"))?;
+    let text = template.render_text(
+        conversation,
+        &TemplateTokens::from_tokenizer(tokenizer),
+        true,
+    )?;
     Ok(tokenizer.encode(&text, false)?)
 }
 
@@ -198,7 +235,11 @@ pub fn user_conversation(system: Option<String>, text: &str) -> Conversation {
     Conversation {
         system,
         tools: Vec::new(),
-        messages: vec![Message { role: Role::User, content: text.to_string(), extra: Default::default() }],
+        messages: vec![Message {
+            role: Role::User,
+            content: text.to_string(),
+            extra: Default::default(),
+        }],
     }
 }
 
@@ -236,18 +277,25 @@ pub struct Args {
 }
 
 fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         if line.trim_start().starts_with('{') {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
-            let p = ["prompt", "input", "text"].iter().find_map(|k| v.get(*k).and_then(|x| x.as_str()));
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
+            let p = ["prompt", "input", "text"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|x| x.as_str()));
             let Some(p) = p else {
-                bail!("{}:{}: expected a \"prompt\", \"input\" or \"text\" string", path.display(), i + 1);
+                bail!(
+                    "{}:{}: expected a \"prompt\", \"input\" or \"text\" string",
+                    path.display(),
+                    i + 1
+                );
             };
             prompts.push(p.to_string());
         } else {
@@ -272,7 +320,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let ids = if args.chat {
-            chat_prompt(tokenizer, &args.chat_template, &user_conversation(args.system.clone(), p))?
+            chat_prompt(
+                tokenizer,
+                &args.chat_template,
+                &user_conversation(args.system.clone(), p),
+            )?
         } else {
             tokenizer.encode(p, true)?
         };
@@ -306,7 +358,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else if stream {
                 writeln!(stdout)?;
             } else {
-                writeln!(stdout, "=== prompt {prompt_index}: {}", prompts[prompt_index])?;
+                writeln!(
+                    stdout,
+                    "=== prompt {prompt_index}: {}",
+                    prompts[prompt_index]
+                )?;
                 writeln!(stdout, "{text}")?;
             }
         }

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod chat;
+mod data;
 mod device;
 mod eval;
 mod finetune;
@@ -20,11 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    // Subcommands are added here, one module each:
-    //   Eval(eval::Args)        -> crates/lmflow-cli/src/eval.rs
-    //   Data(data::Args)        -> crates/lmflow-cli/src/data.rs
-    //   Generate / Chat         -> crates/lmflow-cli/src/generate.rs, chat.rs
-    //   Merge(merge::Args)      -> crates/lmflow-cli/src/merge.rs
+    /// Inspect a dataset as the model will see it, or print its statistics.
+    Data(data::Args),
     /// Fine-tune a model (LoRA by default) on an LMFlow dataset.
     Finetune(finetune::Args),
     /// Negative log-likelihood / perplexity of a model on a text_only dataset.
@@ -47,6 +45,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Data(args) => data::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),

@@ -41,8 +41,16 @@ fn eval_matches_transformers() {
     let reference: Value = serde_json::from_str(&text).unwrap();
     for (flags, key, metric) in [
         (vec!["--metric", "ppl"], "default", "ppl"),
-        (vec!["--metric", "nll", "--batch-size", "3"], "default", "nll"),
-        (vec!["--metric", "ppl", "--block-size", "32", "--batch-size", "2"], "block_32", "ppl"),
+        (
+            vec!["--metric", "nll", "--batch-size", "3"],
+            "default",
+            "nll",
+        ),
+        (
+            vec!["--metric", "ppl", "--block-size", "32", "--batch-size", "2"],
+            "block_32",
+            "ppl",
+        ),
     ] {
         let (ok, stdout, stderr) = run(&flags);
         assert!(ok, "lmflow eval {flags:?} failed: {stderr}");
@@ -68,5 +76,8 @@ fn eval_reports_bad_model_folder() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/model/config.json"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/model/config.json"),
+        "{stderr}"
+    );
 }

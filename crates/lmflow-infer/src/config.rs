@@ -85,9 +85,13 @@ impl GenerationConfig {
     /// Checks the ranges transformers checks (positive temperature and penalty, `top_p` and
     /// `min_p` in [0, 1], at least one return sequence, greedy with one return sequence).
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: String| Err(InferError::InvalidConfig { field, reason });
+        let bad =
+            |field: &'static str, reason: String| Err(InferError::InvalidConfig { field, reason });
         if self.do_sample && !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return bad("temperature", format!("must be a positive number, got {}", self.temperature));
+            return bad(
+                "temperature",
+                format!("must be a positive number, got {}", self.temperature),
+            );
         }
         if !(0.0..=1.0).contains(&self.top_p) {
             return bad("top_p", format!("must be in [0, 1], got {}", self.top_p));

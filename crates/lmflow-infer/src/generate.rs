@@ -46,7 +46,12 @@ pub(crate) struct SequenceState<'t> {
 }
 
 impl<'t> SequenceState<'t> {
-    pub(crate) fn new(prompt_index: usize, prompt: Vec<u32>, rng: SeededRng, tokenizer: Option<&'t Tokenizer>) -> Self {
+    pub(crate) fn new(
+        prompt_index: usize,
+        prompt: Vec<u32>,
+        rng: SeededRng,
+        tokenizer: Option<&'t Tokenizer>,
+    ) -> Self {
         Self {
             prompt_index,
             prompt,
@@ -120,13 +125,19 @@ pub(crate) fn prepare<'t>(
         });
     }
     if prompts.is_empty() {
-        return Err(InferError::InvalidInput { index: 0, reason: "no prompts".into() });
+        return Err(InferError::InvalidInput {
+            index: 0,
+            reason: "no prompts".into(),
+        });
     }
     let mut master = SeededRng::new(config.seed);
     let mut seqs = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
-            return Err(InferError::InvalidInput { index: i, reason: "empty prompt".into() });
+            return Err(InferError::InvalidInput {
+                index: i,
+                reason: "empty prompt".into(),
+            });
         }
         for _ in 0..config.num_return_sequences {
             seqs.push(SequenceState::new(i, p.clone(), master.fork(), tokenizer));
@@ -136,7 +147,12 @@ pub(crate) fn prepare<'t>(
 }
 
 /// Picks the next token of one sequence from its raw scores.
-pub(crate) fn choose(pipeline: &LogitsPipeline, config: &GenerationConfig, scores: &mut [f32], seq: &mut SequenceState<'_>) -> u32 {
+pub(crate) fn choose(
+    pipeline: &LogitsPipeline,
+    config: &GenerationConfig,
+    scores: &mut [f32],
+    seq: &mut SequenceState<'_>,
+) -> u32 {
     pipeline.apply(scores, &seq.context(), seq.new_ids.len());
     if config.do_sample {
         sampler::sample(scores, &mut seq.rng)
@@ -155,7 +171,11 @@ pub struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// A generator for `model`, whose weights live on `device`.
     pub fn new(model: &'a CausalLm, device: &Device) -> Self {
-        Self { model, tokenizer: None, device: device.clone() }
+        Self {
+            model,
+            tokenizer: None,
+            device: device.clone(),
+        }
     }
 
     /// Uses `tokenizer` for streaming text, stop strings and the output's `text`.
@@ -169,7 +189,11 @@ impl<'a> Generator<'a> {
     /// # Errors
     /// Invalid settings or prompts, or a model error (e.g. positions beyond a learned
     /// position table).
-    pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerationConfig) -> Result<Vec<GenerationOutput>> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+    ) -> Result<Vec<GenerationOutput>> {
         self.generate_streaming(prompts, config, &mut |_, _| {})
     }
 
@@ -186,9 +210,16 @@ impl<'a> Generator<'a> {
     ) -> Result<Vec<GenerationOutput>> {
         let mut seqs = prepare(prompts, config, self.tokenizer)?;
         let pipeline = LogitsPipeline::new(config);
-        let stop = StopCriteria::new(config.eos_token_ids.clone(), config.stop_strings.clone(), config.max_new_tokens);
+        let stop = StopCriteria::new(
+            config.eos_token_ids.clone(),
+            config.stop_strings.clone(),
+            config.max_new_tokens,
+        );
         if config.max_new_tokens == 0 {
-            return seqs.into_iter().map(|s| s.into_output(self.tokenizer)).collect();
+            return seqs
+                .into_iter()
+                .map(|s| s.into_output(self.tokenizer))
+                .collect();
         }
         let batch = seqs.len();
         let width = seqs.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
@@ -227,7 +258,13 @@ impl<'a> Generator<'a> {
                 let mut rows = float_rows(logits, "logits")?;
                 seqs.iter_mut()
                     .zip(rows.iter_mut())
-                    .map(|(seq, scores)| if seq.finished.is_some() { config.pad_token_id } else { choose(&pipeline, config, scores, seq) })
+                    .map(|(seq, scores)| {
+                        if seq.finished.is_some() {
+                            config.pad_token_id
+                        } else {
+                            choose(&pipeline, config, scores, seq)
+                        }
+                    })
                     .collect()
             };
             let mut fed = Vec::with_capacity(batch);
@@ -242,22 +279,37 @@ impl<'a> Generator<'a> {
             if seqs.iter().all(|s| s.finished.is_some()) || step + 1 == config.max_new_tokens {
                 break;
             }
-            let ids = ids_tensor(&fed.iter().map(|&t| vec![t]).collect::<Vec<_>>(), &self.device);
+            let ids = ids_tensor(
+                &fed.iter().map(|&t| vec![t]).collect::<Vec<_>>(),
+                &self.device,
+            );
             let mut input = ForwardInput::new(ids);
             if let Some(m) = mask.take() {
                 let ones = Tensor::<2, Int>::ones([batch, 1], &self.device);
                 let m = Tensor::cat(vec![m, ones], 1);
-                let positions: Vec<Vec<i64>> = seqs.iter().map(|s| vec![(s.prompt.len() + step) as i64]).collect();
-                input = input.with_attention_mask(m.clone()).with_position_ids(ids_tensor(&positions, &self.device));
+                let positions: Vec<Vec<i64>> = seqs
+                    .iter()
+                    .map(|s| vec![(s.prompt.len() + step) as i64])
+                    .collect();
+                input = input
+                    .with_attention_mask(m.clone())
+                    .with_position_ids(ids_tensor(&positions, &self.device));
                 mask = Some(m);
             }
             logits = self.last_logits(&input, &mut cache, 1)?;
         }
-        seqs.into_iter().map(|s| s.into_output(self.tokenizer)).collect()
+        seqs.into_iter()
+            .map(|s| s.into_output(self.tokenizer))
+            .collect()
     }
 
     /// Runs the model and projects only the last position to the vocabulary: `[batch, vocab]`.
-    fn last_logits(&self, input: &ForwardInput, cache: &mut KvCache, seq: usize) -> Result<Tensor<2>> {
+    fn last_logits(
+        &self,
+        input: &ForwardInput,
+        cache: &mut KvCache,
+        seq: usize,
+    ) -> Result<Tensor<2>> {
         let hidden = self.model.forward_hidden(input, Some(cache))?;
         let [batch, _, d] = hidden.dims();
         let last = hidden.slice(s![.., seq - 1..seq, ..]);

@@ -37,8 +37,8 @@ pub mod tensor_io;
 
 pub use config::GenerationConfig;
 pub use error::{InferError, Result};
-pub use loading::{load_model, parse_rope_scaling};
 pub use generate::{GenerationOutput, Generator, StreamCallback};
+pub use loading::{load_model, parse_rope_scaling};
 pub use processors::LogitsPipeline;
 pub use rng::SeededRng;
 pub use speculative::{SpeculativeGenerator, SpeculativeStats};

@@ -26,7 +26,8 @@ pub fn parse_rope_scaling(model_dir: &Path, json: &str) -> Result<RopeScaling> {
     if !value.is_object() {
         return Err(InferError::InvalidConfig {
             field: "rope_scaling",
-            reason: "expected a JSON object such as {\"rope_type\": \"linear\", \"factor\": 2.0}".into(),
+            reason: "expected a JSON object such as {\"rope_type\": \"linear\", \"factor\": 2.0}"
+                .into(),
         });
     }
     let mut config = ModelConfig::from_dir(model_dir)?;

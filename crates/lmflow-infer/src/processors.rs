@@ -135,7 +135,8 @@ impl LogitsPipeline {
     /// (with `num_beams = 1`, hence `min_tokens_to_keep = 1`).
     pub fn new(config: &GenerationConfig) -> Self {
         Self {
-            repetition_penalty: (config.repetition_penalty != 1.0).then_some(config.repetition_penalty),
+            repetition_penalty: (config.repetition_penalty != 1.0)
+                .then_some(config.repetition_penalty),
             min_new_tokens: config.min_new_tokens,
             eos_token_ids: config.eos_token_ids.clone(),
             do_sample: config.do_sample,
@@ -149,7 +150,9 @@ impl LogitsPipeline {
     /// True when the pipeline never changes which token is the argmax (greedy decoding can then
     /// take the argmax of the raw logits, e.g. on the device).
     pub fn is_identity_for_greedy(&self) -> bool {
-        !self.do_sample && self.repetition_penalty.is_none() && (self.min_new_tokens == 0 || self.eos_token_ids.is_empty())
+        !self.do_sample
+            && self.repetition_penalty.is_none()
+            && (self.min_new_tokens == 0 || self.eos_token_ids.is_empty())
     }
 
     /// Processes one row of scores. `context`: the sequence so far without padding (prompt and

@@ -69,6 +69,10 @@ mod tests {
         let n = 20_000;
         let mean: f64 = (0..n).map(|_| r.uniform()).sum::<f64>() / n as f64;
         assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
-        assert!((0..1000).map(|_| r.uniform()).all(|u| (0.0..1.0).contains(&u)));
+        assert!(
+            (0..1000)
+                .map(|_| r.uniform())
+                .all(|u| (0.0..1.0).contains(&u))
+        );
     }
 }

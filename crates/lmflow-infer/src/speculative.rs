@@ -35,7 +35,11 @@ pub struct SpeculativeStats {
 impl SpeculativeStats {
     /// Fraction of draft tokens accepted (0 when none were drafted).
     pub fn acceptance_rate(&self) -> f64 {
-        if self.drafted == 0 { 0.0 } else { self.accepted as f64 / self.drafted as f64 }
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
     }
 }
 
@@ -53,9 +57,17 @@ impl<'a> SpeculativeGenerator<'a> {
     ///
     /// # Errors
     /// `gamma == 0`, or the two models have different vocabulary sizes.
-    pub fn new(target: &'a CausalLm, draft: &'a CausalLm, device: &Device, gamma: usize) -> Result<Self> {
+    pub fn new(
+        target: &'a CausalLm,
+        draft: &'a CausalLm,
+        device: &Device,
+        gamma: usize,
+    ) -> Result<Self> {
         if gamma == 0 {
-            return Err(InferError::InvalidConfig { field: "gamma", reason: "must be at least 1".into() });
+            return Err(InferError::InvalidConfig {
+                field: "gamma",
+                reason: "must be at least 1".into(),
+            });
         }
         if target.vocab_size() != draft.vocab_size() {
             return Err(InferError::InvalidConfig {
@@ -67,7 +79,13 @@ impl<'a> SpeculativeGenerator<'a> {
                 ),
             });
         }
-        Ok(Self { target, draft, tokenizer: None, device: device.clone(), gamma })
+        Ok(Self {
+            target,
+            draft,
+            tokenizer: None,
+            device: device.clone(),
+            gamma,
+        })
     }
 
     /// Uses `tokenizer` for streaming text, stop strings and the output's `text`.
@@ -78,7 +96,11 @@ impl<'a> SpeculativeGenerator<'a> {
 
     /// Generates for every prompt; same settings and outputs as
     /// [`Generator::generate`](crate::Generator::generate).
-    pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerationConfig) -> Result<(Vec<GenerationOutput>, SpeculativeStats)> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+    ) -> Result<(Vec<GenerationOutput>, SpeculativeStats)> {
         self.generate_streaming(prompts, config, &mut |_, _| {})
     }
 
@@ -92,12 +114,18 @@ impl<'a> SpeculativeGenerator<'a> {
     ) -> Result<(Vec<GenerationOutput>, SpeculativeStats)> {
         let seqs = prepare(prompts, config, self.tokenizer)?;
         let pipeline = LogitsPipeline::new(config);
-        let stop = StopCriteria::new(config.eos_token_ids.clone(), config.stop_strings.clone(), config.max_new_tokens);
+        let stop = StopCriteria::new(
+            config.eos_token_ids.clone(),
+            config.stop_strings.clone(),
+            config.max_new_tokens,
+        );
         let mut stats = SpeculativeStats::default();
         let mut outputs = Vec::with_capacity(seqs.len());
         for (index, mut seq) in seqs.into_iter().enumerate() {
             if config.max_new_tokens > 0 {
-                self.decode_one(index, &mut seq, config, &pipeline, &stop, &mut stats, on_text)?;
+                self.decode_one(
+                    index, &mut seq, config, &pipeline, &stop, &mut stats, on_text,
+                )?;
             }
             outputs.push(seq.into_output(self.tokenizer)?);
         }
@@ -166,7 +194,10 @@ impl<'a> SpeculativeGenerator<'a> {
             // Roll both caches back to the accepted prefix.
             target_cache.truncate(context.len() + verdict.accepted);
             draft_cache.truncate(context.len() + verdict.accepted);
-            let emitted = drafts[..verdict.accepted].iter().copied().chain(std::iter::once(verdict.next_token));
+            let emitted = drafts[..verdict.accepted]
+                .iter()
+                .copied()
+                .chain(std::iter::once(verdict.next_token));
             for token in emitted {
                 seq.push(index, token, stop, on_text)?;
                 if seq.finished.is_some() {
@@ -183,6 +214,9 @@ impl<'a> SpeculativeGenerator<'a> {
         let ids = ids_tensor(&[tokens.iter().map(|&t| t as i64).collect()], &self.device);
         let logits: Tensor<3> = model.forward(ForwardInput::new(ids), Some(cache))?.logits;
         let [_, n, vocab] = logits.dims();
-        float_rows(logits.slice(s![0..1, 0..n, ..]).reshape([n, vocab]), "logits")
+        float_rows(
+            logits.slice(s![0..1, 0..n, ..]).reshape([n, vocab]),
+            "logits",
+        )
     }
 }

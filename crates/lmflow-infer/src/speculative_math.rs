@@ -24,8 +24,17 @@ pub struct Verification {
 ///
 /// # Panics
 /// When `q.len() != draft.len()` or `p.len() != draft.len() + 1` (a caller bug, not user data).
-pub fn verify_sampled(draft: &[u32], q: &[Vec<f32>], p: &[Vec<f32>], rng: &mut SeededRng) -> Verification {
-    assert_eq!(q.len(), draft.len(), "one draft distribution per draft token");
+pub fn verify_sampled(
+    draft: &[u32],
+    q: &[Vec<f32>],
+    p: &[Vec<f32>],
+    rng: &mut SeededRng,
+) -> Verification {
+    assert_eq!(
+        q.len(),
+        draft.len(),
+        "one draft distribution per draft token"
+    );
     assert_eq!(p.len(), draft.len() + 1, "γ + 1 target distributions");
     for (i, &x) in draft.iter().enumerate() {
         let (pi, qi) = (&p[i], &q[i]);
@@ -46,7 +55,10 @@ pub fn verify_sampled(draft: &[u32], q: &[Vec<f32>], p: &[Vec<f32>], rng: &mut S
         } else {
             sample_from_probs(pi, rng)
         };
-        return Verification { accepted: i, next_token };
+        return Verification {
+            accepted: i,
+            next_token,
+        };
     }
     Verification {
         accepted: draft.len(),
@@ -61,7 +73,10 @@ pub fn verify_greedy(draft: &[u32], target_scores: &[Vec<f32>]) -> Verification 
     for (i, &x) in draft.iter().enumerate() {
         let best = argmax(&target_scores[i]);
         if best != x {
-            return Verification { accepted: i, next_token: best };
+            return Verification {
+                accepted: i,
+                next_token: best,
+            };
         }
     }
     Verification {

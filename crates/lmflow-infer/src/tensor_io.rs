@@ -15,10 +15,12 @@ pub fn ids_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
 pub fn float_rows(t: Tensor<2>, name: &'static str) -> Result<Vec<Vec<f32>>> {
     let [rows, cols] = t.dims();
     let data = t.cast(FloatDType::F32).into_data();
-    let flat = data.try_into_vec_as::<f32>().map_err(|e| InferError::Tensor {
-        name,
-        reason: format!("{e:?}"),
-    })?;
+    let flat = data
+        .try_into_vec_as::<f32>()
+        .map_err(|e| InferError::Tensor {
+            name,
+            reason: format!("{e:?}"),
+        })?;
     if flat.len() != rows * cols {
         return Err(InferError::Tensor {
             name,
@@ -31,9 +33,11 @@ pub fn float_rows(t: Tensor<2>, name: &'static str) -> Result<Vec<Vec<f32>>> {
 /// Reads an int tensor back as u32 values (row-major).
 pub fn int_values(t: Tensor<2, Int>, name: &'static str) -> Result<Vec<u32>> {
     let data = t.into_data();
-    let flat = data.try_into_vec_as::<i64>().map_err(|e| InferError::Tensor {
-        name,
-        reason: format!("{e:?}"),
-    })?;
+    let flat = data
+        .try_into_vec_as::<i64>()
+        .map_err(|e| InferError::Tensor {
+            name,
+            reason: format!("{e:?}"),
+        })?;
     Ok(flat.into_iter().map(|v| v as u32).collect())
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, s};
 use lmflow_infer::speculative_math::Verification;
 use lmflow_infer::tensor_io::{float_rows, ids_tensor};
-use lmflow_infer::{GenerationConfig, Generator, SpeculativeGenerator, load_model, parse_rope_scaling};
+use lmflow_infer::{
+    GenerationConfig, Generator, SpeculativeGenerator, load_model, parse_rope_scaling,
+};
 use lmflow_models::{CausalLm, ForwardInput, LoadOptions};
 use serde_json::Value;
 
@@ -22,12 +24,22 @@ fn read_json(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn load(model: &str, adapter: Option<&str>, device: &Device) -> lmflow_models::Pretrained {
     let adapter_dir = adapter.map(|a| fixtures().join(a));
-    load_model(&fixtures().join(model), adapter_dir.as_deref(), &LoadOptions::default(), device).unwrap()
+    load_model(
+        &fixtures().join(model),
+        adapter_dir.as_deref(),
+        &LoadOptions::default(),
+        device,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -47,13 +59,18 @@ fn greedy_matches_transformers_for_every_fixture() {
         }
         for run in case["runs"].as_array().unwrap() {
             let run_name = run["name"].as_str().unwrap();
-            let prompts: Vec<Vec<u32>> = run["prompts"].as_array().unwrap().iter().map(ids).collect();
+            let prompts: Vec<Vec<u32>> =
+                run["prompts"].as_array().unwrap().iter().map(ids).collect();
             let cfg = &run["config"];
             let config = GenerationConfig {
                 max_new_tokens: cfg["max_new_tokens"].as_u64().unwrap() as usize,
                 min_new_tokens: cfg["min_new_tokens"].as_u64().unwrap_or(0) as usize,
                 repetition_penalty: cfg["repetition_penalty"].as_f64().unwrap_or(1.0),
-                eos_token_ids: if cfg["no_eos"].as_bool() == Some(true) { vec![] } else { ids(&case["eos_token_ids"]) },
+                eos_token_ids: if cfg["no_eos"].as_bool() == Some(true) {
+                    vec![]
+                } else {
+                    ids(&case["eos_token_ids"])
+                },
                 pad_token_id: case["pad_token_id"].as_u64().unwrap() as u32,
                 ..GenerationConfig::default()
             };
@@ -63,26 +80,48 @@ fn greedy_matches_transformers_for_every_fixture() {
                 .unwrap();
             let want: Vec<Vec<u32>> = run["new_ids"].as_array().unwrap().iter().map(ids).collect();
             let got: Vec<Vec<u32>> = outputs.iter().map(|o| o.new_ids.clone()).collect();
-            assert_eq!(got, want, "{name} / {run_name}: greedy tokens differ from transformers");
+            assert_eq!(
+                got, want,
+                "{name} / {run_name}: greedy tokens differ from transformers"
+            );
             for (o, s) in outputs.iter().zip(&streamed) {
                 if let Some(text) = &o.text {
-                    assert_eq!(text, s, "{name} / {run_name}: streamed text differs from decoded text");
+                    assert_eq!(
+                        text, s,
+                        "{name} / {run_name}: streamed text differs from decoded text"
+                    );
                 }
             }
         }
     }
-    assert!(cases.len() >= 5 && seen_adapter, "fixture lacks architectures or adapters");
+    assert!(
+        cases.len() >= 5 && seen_adapter,
+        "fixture lacks architectures or adapters"
+    );
 }
 
 /// Greedy decoding by recomputing the whole sequence at every step (no cache).
-fn greedy_without_cache(model: &CausalLm, prompt: &[u32], steps: usize, device: &Device) -> (Vec<u32>, Vec<Vec<f32>>) {
+fn greedy_without_cache(
+    model: &CausalLm,
+    prompt: &[u32],
+    steps: usize,
+    device: &Device,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut seq: Vec<u32> = prompt.to_vec();
     let mut last_rows = Vec::new();
     for _ in 0..steps {
         let input = ids_tensor(&[seq.iter().map(|&t| t as i64).collect()], device);
-        let logits = model.forward(ForwardInput::new(input), None).unwrap().logits;
+        let logits = model
+            .forward(ForwardInput::new(input), None)
+            .unwrap()
+            .logits;
         let [_, n, v] = logits.dims();
-        let row = float_rows(logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]), "logits").unwrap().remove(0);
+        let row = float_rows(
+            logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]),
+            "logits",
+        )
+        .unwrap()
+        .remove(0);
         let next = lmflow_infer::sampler::argmax(&row);
         last_rows.push(row);
         seq.push(next);
@@ -93,25 +132,51 @@ fn greedy_without_cache(model: &CausalLm, prompt: &[u32], steps: usize, device: 
 #[test]
 fn kv_cache_equals_full_recomputation() {
     let device = Device::flex();
-    for (model_dir, adapter) in [("peft/base", Some("peft/lora")), ("models/gpt2", None), ("models/opt-post-proj", None)] {
+    for (model_dir, adapter) in [
+        ("peft/base", Some("peft/lora")),
+        ("models/gpt2", None),
+        ("models/opt-post-proj", None),
+    ] {
         let p = load(model_dir, adapter, &device);
         let prompt = vec![11u32, 25, 7, 42, 9];
         let (want, rows) = greedy_without_cache(&p.model, &prompt, 10, &device);
-        let got = Generator::new(&p.model, &device).generate(&[prompt.clone()], &GenerationConfig::greedy(10)).unwrap();
+        let got = Generator::new(&p.model, &device)
+            .generate(&[prompt.clone()], &GenerationConfig::greedy(10))
+            .unwrap();
         assert_eq!(got[0].new_ids, want, "{model_dir}");
         // Logits of the cached incremental path equal the recomputed ones.
         let mut cache = p.model.new_cache(32);
         let mut seq = prompt.clone();
         let input = ids_tensor(&[seq.iter().map(|&t| t as i64).collect()], &device);
-        let mut logits: Tensor<3> = p.model.forward(ForwardInput::new(input), Some(&mut cache)).unwrap().logits;
+        let mut logits: Tensor<3> = p
+            .model
+            .forward(ForwardInput::new(input), Some(&mut cache))
+            .unwrap()
+            .logits;
         for (step, row) in rows.iter().enumerate() {
             let [_, n, v] = logits.dims();
-            let cached = float_rows(logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]), "logits").unwrap().remove(0);
-            let diff = cached.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            assert!(diff < 1e-4, "{model_dir} step {step}: cached logits differ by {diff}");
+            let cached = float_rows(
+                logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]),
+                "logits",
+            )
+            .unwrap()
+            .remove(0);
+            let diff = cached
+                .iter()
+                .zip(row)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-4,
+                "{model_dir} step {step}: cached logits differ by {diff}"
+            );
             seq.push(want[step]);
             let input = ids_tensor(&[vec![want[step] as i64]], &device);
-            logits = p.model.forward(ForwardInput::new(input), Some(&mut cache)).unwrap().logits;
+            logits = p
+                .model
+                .forward(ForwardInput::new(input), Some(&mut cache))
+                .unwrap()
+                .logits;
         }
     }
 }
@@ -130,21 +195,34 @@ fn speculative_greedy_equals_plain_greedy() {
         for gamma in [1usize, 3, 5] {
             let mut config = GenerationConfig::greedy(14);
             config.eos_token_ids = vec![2];
-            let plain = Generator::new(&target.model, &device).generate(&prompts, &config).unwrap();
-            let spec = SpeculativeGenerator::new(&target.model, &draft.model, &device, gamma).unwrap();
+            let plain = Generator::new(&target.model, &device)
+                .generate(&prompts, &config)
+                .unwrap();
+            let spec =
+                SpeculativeGenerator::new(&target.model, &draft.model, &device, gamma).unwrap();
             let (fast, stats) = spec.generate(&prompts, &config).unwrap();
             for (a, b) in plain.iter().zip(&fast) {
-                assert_eq!(a.new_ids, b.new_ids, "{target_dir} draft {draft_dir} gamma {gamma}");
+                assert_eq!(
+                    a.new_ids, b.new_ids,
+                    "{target_dir} draft {draft_dir} gamma {gamma}"
+                );
             }
             assert!(stats.drafted > 0);
             // A draft identical to the target is always accepted.
-            let same = SpeculativeGenerator::new(&target.model, &target.model, &device, gamma).unwrap();
+            let same =
+                SpeculativeGenerator::new(&target.model, &target.model, &device, gamma).unwrap();
             let (out, stats) = same.generate(&prompts[..1], &config).unwrap();
             assert_eq!(out[0].new_ids, plain[0].new_ids);
-            assert_eq!(stats.accepted, stats.drafted, "self-draft must be fully accepted");
+            assert_eq!(
+                stats.accepted, stats.drafted,
+                "self-draft must be fully accepted"
+            );
         }
     }
-    let _ = Verification { accepted: 0, next_token: 0 };
+    let _ = Verification {
+        accepted: 0,
+        next_token: 0,
+    };
 }
 
 #[test]
@@ -154,13 +232,25 @@ fn speculative_sampling_matches_target_distribution_on_tiny_model() {
     let draft = load("peft/base", None, &device);
     let prompt = vec![11u32, 25, 7];
     // top-k 3 at temperature 1.5 keeps the support small (9 two-token outcomes) and mass spread.
-    let config = GenerationConfig { max_new_tokens: 2, do_sample: true, temperature: 1.5, top_k: 3, ..GenerationConfig::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 2,
+        do_sample: true,
+        temperature: 1.5,
+        top_k: 3,
+        ..GenerationConfig::default()
+    };
     let pipeline = lmflow_infer::LogitsPipeline::new(&config);
     let dist = |ctx: &[u32], new: usize| -> Vec<f32> {
         let input = ids_tensor(&[ctx.iter().map(|&t| t as i64).collect()], &device);
-        let logits = target.model.forward(ForwardInput::new(input), None).unwrap().logits;
+        let logits = target
+            .model
+            .forward(ForwardInput::new(input), None)
+            .unwrap()
+            .logits;
         let [_, n, v] = logits.dims();
-        let mut row = float_rows(logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]), "l").unwrap().remove(0);
+        let mut row = float_rows(logits.slice(s![0..1, n - 1..n, ..]).reshape([1, v]), "l")
+            .unwrap()
+            .remove(0);
         pipeline.apply(&mut row, ctx, new);
         lmflow_infer::processors::softmax(&row)
     };
@@ -169,9 +259,14 @@ fn speculative_sampling_matches_target_distribution_on_tiny_model() {
     let n = 1200usize;
     let mut counts = std::collections::BTreeMap::<(u32, u32), usize>::new();
     for i in 0..n {
-        let cfg = GenerationConfig { seed: i as u64, ..config.clone() };
+        let cfg = GenerationConfig {
+            seed: i as u64,
+            ..config.clone()
+        };
         let (out, _) = spec.generate(&[prompt.clone()], &cfg).unwrap();
-        *counts.entry((out[0].new_ids[0], out[0].new_ids[1])).or_default() += 1;
+        *counts
+            .entry((out[0].new_ids[0], out[0].new_ids[1]))
+            .or_default() += 1;
     }
     let mut chi = 0.0f64;
     let mut cells = 0;
@@ -186,10 +281,16 @@ fn speculative_sampling_matches_target_distribution_on_tiny_model() {
             cells += 1;
         }
     }
-    assert!(counts.is_empty(), "samples outside the target's support: {counts:?}");
+    assert!(
+        counts.is_empty(),
+        "samples outside the target's support: {counts:?}"
+    );
     assert_eq!(cells, 9);
     // 8 degrees of freedom: the 99.9% quantile is 26.1.
-    assert!(chi < 26.1, "speculative samples deviate from the target distribution: chi2 = {chi}");
+    assert!(
+        chi < 26.1,
+        "speculative samples deviate from the target distribution: chi2 = {chi}"
+    );
 }
 
 #[test]
@@ -197,31 +298,71 @@ fn rope_scaling_override_matches_transformers_beyond_context() {
     let device = Device::flex();
     let fixture = read_json("rope.json");
     let model_dir = fixtures().join(fixture["model"].as_str().unwrap());
-    let input: Vec<i64> = ids(&fixture["input_ids"]).into_iter().map(i64::from).collect();
-    let positions: Vec<usize> = fixture["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize).collect();
+    let input: Vec<i64> = ids(&fixture["input_ids"])
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let positions: Vec<usize> = fixture["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as usize)
+        .collect();
     let logits_at = |opts: &LoadOptions| -> Vec<Vec<f32>> {
         let p = load_model(&model_dir, None, opts, &device).unwrap();
-        let logits = p.model.forward(ForwardInput::new(ids_tensor(&[input.clone()], &device)), None).unwrap().logits;
+        let logits = p
+            .model
+            .forward(
+                ForwardInput::new(ids_tensor(&[input.clone()], &device)),
+                None,
+            )
+            .unwrap()
+            .logits;
         let [_, n, v] = logits.dims();
         let all = float_rows(logits.reshape([n, v]), "logits").unwrap();
         positions.iter().map(|&i| all[i].clone()).collect()
     };
     let rows = |v: &Value| -> Vec<Vec<f32>> {
-        v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
     };
-    let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
     let default = rows(&fixture["default_logits"]);
     assert!(max_diff(&logits_at(&LoadOptions::default()), &default) < 1e-4);
     let variants = fixture["variants"].as_object().unwrap();
     assert_eq!(variants.len(), 4);
     for (name, variant) in variants {
         let scaling = parse_rope_scaling(&model_dir, &variant["rope_scaling"].to_string()).unwrap();
-        let got = logits_at(&LoadOptions { rope_scaling: Some(scaling), ..LoadOptions::default() });
+        let got = logits_at(&LoadOptions {
+            rope_scaling: Some(scaling),
+            ..LoadOptions::default()
+        });
         let want = rows(&variant["logits"]);
         let diff = max_diff(&got, &want);
-        assert!(diff < 1e-4, "{name}: logits differ from transformers by {diff}");
+        assert!(
+            diff < 1e-4,
+            "{name}: logits differ from transformers by {diff}"
+        );
         // The scaled model really differs from the unscaled one beyond the original context.
-        assert!(max_diff(&want[3..], &default[3..]) > 1e-3, "{name} fixture equals the unscaled logits");
+        assert!(
+            max_diff(&want[3..], &default[3..]) > 1e-3,
+            "{name} fixture equals the unscaled logits"
+        );
     }
 }
 
@@ -244,19 +385,39 @@ fn seeded_sampling_is_reproducible_and_returns_n_sequences() {
     let b = generator.generate(&prompts, &config).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.len(), 6);
-    assert_eq!(a.iter().map(|o| o.prompt_index).collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1]);
+    assert_eq!(
+        a.iter().map(|o| o.prompt_index).collect::<Vec<_>>(),
+        vec![0, 0, 0, 1, 1, 1]
+    );
     for o in &a {
         assert!(o.new_ids.len() >= 3 && o.new_ids.len() <= 8);
-        assert!(o.new_ids[..3].iter().all(|t| ![4, 2, 0].contains(t)), "EOS before min_new_tokens");
+        assert!(
+            o.new_ids[..3].iter().all(|t| ![4, 2, 0].contains(t)),
+            "EOS before min_new_tokens"
+        );
     }
-    let c = generator.generate(&prompts, &GenerationConfig { seed: 43, ..config.clone() }).unwrap();
+    let c = generator
+        .generate(
+            &prompts,
+            &GenerationConfig {
+                seed: 43,
+                ..config.clone()
+            },
+        )
+        .unwrap();
     assert_ne!(a, c);
     // Stop strings end a sequence once its text contains them.
     let text = a[0].text.clone().unwrap();
     if let Some(ch) = text.chars().nth(1) {
-        let cfg = GenerationConfig { stop_strings: vec![ch.to_string()], ..config.clone() };
+        let cfg = GenerationConfig {
+            stop_strings: vec![ch.to_string()],
+            ..config.clone()
+        };
         let stopped = generator.generate(&prompts[..1], &cfg).unwrap();
         assert!(stopped[0].text.as_ref().unwrap().contains(ch));
-        assert_eq!(stopped[0].finish_reason, lmflow_infer::FinishReason::StopString);
+        assert_eq!(
+            stopped[0].finish_reason,
+            lmflow_infer::FinishReason::StopString
+        );
     }
 }

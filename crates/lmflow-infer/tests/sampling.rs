@@ -6,7 +6,10 @@ use lmflow_infer::speculative_math::{verify_greedy, verify_sampled};
 use lmflow_infer::{GenerationConfig, LogitsPipeline, SeededRng, processors, sampler};
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/infer/processors.json");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/infer/processors.json"
+);
 
 fn row(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -37,12 +40,21 @@ fn processors_match_transformers() {
             .zip(case["expected"].as_array().unwrap())
             .enumerate()
         {
-            let context: Vec<u32> = contexts[b].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let context: Vec<u32> = contexts[b]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             let mut got = row(scores);
             pipeline.apply(&mut got, &context, new_tokens);
             let want = row(expected);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = if w.is_infinite() { g == w } else { (g - w).abs() <= 1e-5 * w.abs().max(1.0) };
+                let ok = if w.is_infinite() {
+                    g == w
+                } else {
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0)
+                };
                 assert!(ok, "{name} row {b} token {i}: got {g}, transformers {w}");
             }
         }
@@ -50,11 +62,26 @@ fn processors_match_transformers() {
 }
 
 /// Toy "models": first-order Markov chains over a 4-token vocabulary.
-const TARGET: [[f32; 4]; 4] = [[0.5, 0.2, 0.2, 0.1], [0.1, 0.6, 0.1, 0.2], [0.25, 0.25, 0.25, 0.25], [0.05, 0.05, 0.1, 0.8]];
-const DRAFT: [[f32; 4]; 4] = [[0.1, 0.4, 0.4, 0.1], [0.3, 0.3, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]];
+const TARGET: [[f32; 4]; 4] = [
+    [0.5, 0.2, 0.2, 0.1],
+    [0.1, 0.6, 0.1, 0.2],
+    [0.25, 0.25, 0.25, 0.25],
+    [0.05, 0.05, 0.1, 0.8],
+];
+const DRAFT: [[f32; 4]; 4] = [
+    [0.1, 0.4, 0.4, 0.1],
+    [0.3, 0.3, 0.2, 0.2],
+    [0.7, 0.1, 0.1, 0.1],
+    [0.25, 0.25, 0.25, 0.25],
+];
 
 /// Speculative sampling of `n` tokens after token 0, `gamma` drafts per round.
-fn speculative_sequence(n: usize, gamma: usize, rng: &mut SeededRng, draft_table: &[[f32; 4]; 4]) -> Vec<u32> {
+fn speculative_sequence(
+    n: usize,
+    gamma: usize,
+    rng: &mut SeededRng,
+    draft_table: &[[f32; 4]; 4],
+) -> Vec<u32> {
     let mut seq = vec![0u32];
     while seq.len() < n + 1 {
         let mut draft = Vec::new();
@@ -103,7 +130,10 @@ fn chi_square(draft_table: &[[f32; 4]; 4], seed: u64) -> f64 {
 fn speculative_sampling_matches_target_distribution() {
     // 63 degrees of freedom: the 99.9% quantile of chi-square(63) is about 103.4.
     let chi = chi_square(&DRAFT, 11);
-    assert!(chi < 103.4, "speculative samples deviate from the target: chi2 = {chi}");
+    assert!(
+        chi < 103.4,
+        "speculative samples deviate from the target: chi2 = {chi}"
+    );
     // The test has power: plain draft sampling (accept everything) is rejected by far.
     let mut rng = SeededRng::new(11);
     let n = 20_000;
@@ -130,8 +160,18 @@ fn speculative_sampling_matches_target_distribution() {
 
 #[test]
 fn greedy_verification_equals_target_argmax_chain() {
-    let scores: Vec<Vec<f32>> = vec![vec![0.0, 2.0, 1.0], vec![3.0, 0.0, 1.0], vec![0.0, 0.0, 5.0]];
-    assert_eq!(verify_greedy(&[1, 0], &scores), lmflow_infer::speculative_math::Verification { accepted: 2, next_token: 2 });
+    let scores: Vec<Vec<f32>> = vec![
+        vec![0.0, 2.0, 1.0],
+        vec![3.0, 0.0, 1.0],
+        vec![0.0, 0.0, 5.0],
+    ];
+    assert_eq!(
+        verify_greedy(&[1, 0], &scores),
+        lmflow_infer::speculative_math::Verification {
+            accepted: 2,
+            next_token: 2
+        }
+    );
     assert_eq!(verify_greedy(&[1, 2], &scores).accepted, 1);
     assert_eq!(verify_greedy(&[1, 2], &scores).next_token, 0);
     assert_eq!(verify_greedy(&[2, 2], &scores).accepted, 0);

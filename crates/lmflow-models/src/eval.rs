@@ -70,13 +70,20 @@ pub fn sequence_nlls(
     let vocab = model.vocab_size();
     let mut out = Vec::with_capacity(sequences.len());
     for chunk in sequences.chunks(batch_size) {
-        let seqs: Vec<&[u32]> = chunk.iter().map(|s| &s[..s.len().min(block_size)]).collect();
+        let seqs: Vec<&[u32]> = chunk
+            .iter()
+            .map(|s| &s[..s.len().min(block_size)])
+            .collect();
         let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         if width < 2 {
             out.extend(seqs.iter().map(|_| (0.0, 0)));
             continue;
         }
-        if let Some(bad) = seqs.iter().flat_map(|s| s.iter()).find(|&&t| t as usize >= vocab) {
+        if let Some(bad) = seqs
+            .iter()
+            .flat_map(|s| s.iter())
+            .find(|&&t| t as usize >= vocab)
+        {
             return Err(ModelError::Input(format!(
                 "token id {bad} is outside the model's vocabulary ({vocab})"
             )));
@@ -90,14 +97,17 @@ pub fn sequence_nlls(
                 mask[i * width + j] = 1;
             }
         }
-        let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, width]), device);
+        let input_ids =
+            Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, width]), device);
         let attention_mask = Tensor::<2, Int>::from_data(TensorData::new(mask, [b, width]), device);
         let mut input = ForwardInput::new(input_ids.clone());
         if seqs.iter().any(|s| s.len() < width) {
             input = input.with_attention_mask(attention_mask);
         }
         let logits = model.forward(input, None)?.logits;
-        let logits = logits.slice([0..b, 0..width - 1, 0..vocab]).cast(DType::F32);
+        let logits = logits
+            .slice([0..b, 0..width - 1, 0..vocab])
+            .cast(DType::F32);
         let logp = log_softmax(logits, 2);
         let targets = input_ids.slice([0..b, 1..width]).reshape([b, width - 1, 1]);
         let picked: Vec<f32> = logp

@@ -59,7 +59,10 @@ fn unsupported_model_type_lists_supported_ones() {
     });
     let err = load_err(dir.path());
     let msg = err.to_string();
-    assert!(matches!(err, ModelError::UnsupportedModelType { .. }), "{err:?}");
+    assert!(
+        matches!(err, ModelError::UnsupportedModelType { .. }),
+        "{err:?}"
+    );
     for name in ["bert", "llama", "mistral", "qwen2", "qwen3", "config.json"] {
         assert!(msg.contains(name), "{msg} lacks {name}");
     }
@@ -74,7 +77,10 @@ fn bad_config_value_names_the_key() {
     let err = load_err(dir.path());
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Config { .. }), "{err:?}");
-    assert!(msg.contains("hidden_size") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("hidden_size") && msg.contains("config.json"),
+        "{msg}"
+    );
 
     let dir = copy("llama_gqa");
     edit_config(dir.path(), |c| {
@@ -84,7 +90,10 @@ fn bad_config_value_names_the_key() {
         );
     });
     let msg = load_err(dir.path()).to_string();
-    assert!(msg.contains("rope_type") && msg.contains("longrope"), "{msg}");
+    assert!(
+        msg.contains("rope_type") && msg.contains("longrope"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -97,11 +106,17 @@ fn corrupt_and_truncated_safetensors_are_reported() {
     let err = load_err(dir.path());
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Safetensors { .. }), "{err:?}");
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 
     std::fs::write(&file, &bytes[..4]).unwrap();
     let msg = load_err(dir.path()).to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 
     std::fs::write(&file, b"this is an HTML error page, not a checkpoint").unwrap();
     let err = load_err(dir.path());
@@ -133,11 +148,17 @@ fn wrong_shape_and_missing_tensor_name_file_and_tensor() {
     let err = load_err(dir.path());
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Shape { .. }), "{err:?}");
-    assert!(msg.contains(target) && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains(target) && msg.contains("model.safetensors"),
+        "{msg}"
+    );
     assert!(msg.contains("[8, 32]") && msg.contains("[16, 32]"), "{msg}");
 
-    let dropped: Vec<(String, TensorData)> =
-        tensors.iter().filter(|(n, _)| n != "lm_head.weight").cloned().collect();
+    let dropped: Vec<(String, TensorData)> = tensors
+        .iter()
+        .filter(|(n, _)| n != "lm_head.weight")
+        .cloned()
+        .collect();
     save_safetensors(&file, &dropped).unwrap();
     let err = load_err(dir.path());
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err:?}");

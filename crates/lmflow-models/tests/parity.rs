@@ -52,12 +52,18 @@ fn ref_logits(case: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn to_vec(t: Tensor<3>) -> Vec<f32> {
-    t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().unwrap()
+    t.cast(FloatDType::F32)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn load(case: &str, device: &Device) -> lmflow_models::Pretrained {
@@ -104,7 +110,8 @@ fn logits_match_transformers_for_every_case() {
         let err = max_abs(&got, &want);
         assert!(err <= TOL, "{case}: long sequence max abs error {err}");
         // Left-padded batch: compare the real (unpadded) positions.
-        let input = ForwardInput::new(int2(&batch, &device)).with_attention_mask(int2(&mask, &device));
+        let input =
+            ForwardInput::new(int2(&batch, &device)).with_attention_mask(int2(&mask, &device));
         let got = forward_logits(&p.model, input);
         let (want, shape) = ref_logits(case, "logits_batch");
         let (s, v) = (shape[1], shape[2]);
@@ -126,7 +133,14 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
     let device = Device::flex();
     let r = reference();
     let long = ids(&r["long_ids"]);
-    for case in ["llama_gqa", "mistral_sliding", "qwen3", "llama_tied_bias", "llama3_rope", "qwen2"] {
+    for case in [
+        "llama_gqa",
+        "mistral_sliding",
+        "qwen3",
+        "llama_tied_bias",
+        "llama3_rope",
+        "qwen2",
+    ] {
         let p = load(case, &device);
         let full = forward_logits(&p.model, ForwardInput::new(int2(&[long.clone()], &device)));
         let v = p.model.vocab_size();
@@ -140,7 +154,11 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
             ForwardInput::new(int2(&[long[..6].to_vec()], &device)),
             Some(&mut cache),
         );
-        assert_eq!(to_vec(out.unwrap().logits), got, "{case}: prefill with cache");
+        assert_eq!(
+            to_vec(out.unwrap().logits),
+            got,
+            "{case}: prefill with cache"
+        );
         for t in 6..long.len() {
             let step = p
                 .model
@@ -153,7 +171,10 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
         }
         assert_eq!(cache.len(), long.len());
         let err = max_abs(&got, &full);
-        assert!(err <= TOL, "{case}: cached decode differs from full forward by {err}");
+        assert!(
+            err <= TOL,
+            "{case}: cached decode differs from full forward by {err}"
+        );
         assert_eq!(got.len(), long.len() * v);
     }
     // Greedy decoding with the cache reproduces transformers' generate for every case.
@@ -236,7 +257,10 @@ fn bf16_checkpoint_loads_in_f32_and_bf16() {
     let (want16, _) = ref_logits("llama_bf16", "logits_long_bf16");
     let err = max_abs(&got16, &want16);
     let scale = want16.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    assert!(err <= 0.05 * scale.max(1.0), "bf16 logits differ by {err} (scale {scale})");
+    assert!(
+        err <= 0.05 * scale.max(1.0),
+        "bf16 logits differ by {err} (scale {scale})"
+    );
 }
 
 #[test]
@@ -248,7 +272,12 @@ fn save_then_load_is_exact_and_keeps_hub_layout() {
         let p = load(case, &device);
         let tmp = tempfile::tempdir().unwrap();
         p.save(tmp.path()).unwrap();
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
             assert!(tmp.path().join(f).is_file(), "{case}: {f} not written");
         }
         let q = load_pretrained(tmp.path(), &device, &LoadOptions::default()).unwrap();
@@ -257,15 +286,16 @@ fn save_then_load_is_exact_and_keeps_hub_layout() {
         assert_eq!(a.len(), b.len(), "{case}");
         for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
             assert_eq!(na, nb);
-            assert_eq!(ta.as_bytes(), tb.as_bytes(), "{case}: {na} changed in the round trip");
+            assert_eq!(
+                ta.as_bytes(),
+                tb.as_bytes(),
+                "{case}: {na} changed in the round trip"
+            );
         }
         // Tensor names are exactly those of the original checkpoint (tied heads omit lm_head).
-        let src = lmflow_models::WeightSource::open(
-            &fixtures().join(case),
-            &device,
-            FloatDType::F32,
-        )
-        .unwrap();
+        let src =
+            lmflow_models::WeightSource::open(&fixtures().join(case), &device, FloatDType::F32)
+                .unwrap();
         let mut names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, src.names(), "{case}: tensor names");
@@ -292,6 +322,9 @@ fn rust_saved_folders_were_loaded_by_transformers() {
     for (case, info) in saved {
         assert_eq!(info["loads_in_transformers"], Value::Bool(true), "{case}");
         let diff = info["max_abs_diff"].as_f64().unwrap();
-        assert!(diff == 0.0, "{case}: transformers logits differ by {diff} after a Rust save");
+        assert!(
+            diff == 0.0,
+            "{case}: transformers logits differ by {diff} after a Rust save"
+        );
     }
 }

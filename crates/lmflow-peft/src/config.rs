@@ -115,8 +115,10 @@ fn ser_alpha<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn ser_alpha_map<S: serde::Serializer>(v: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
-    let m: serde_json::Map<String, Value> =
-        v.iter().map(|(k, x)| (k.clone(), number_value(*x))).collect();
+    let m: serde_json::Map<String, Value> = v
+        .iter()
+        .map(|(k, x)| (k.clone(), number_value(*x)))
+        .collect();
     m.serialize(s)
 }
 
@@ -229,7 +231,10 @@ impl Default for LoraConfig {
 /// PEFT fields that change the adapter's math and are not implemented: an error when set
 /// to anything but `null` / `false` / an empty value.
 const UNSUPPORTED_EXTRA: &[(&str, &str)] = &[
-    ("lora_bias", "LoRA bias vectors on lora_B are not implemented"),
+    (
+        "lora_bias",
+        "LoRA bias vectors on lora_B are not implemented",
+    ),
     ("use_qalora", "QA-LoRA is not implemented"),
     ("use_bdlora", "block-diagonal LoRA is not implemented"),
     ("layer_replication", "layer replication is not implemented"),
@@ -415,14 +420,24 @@ mod tests {
         assert_eq!(out["lora_alpha"], Value::from(16));
         assert_eq!(out["megatron_core"], "megatron.core");
         assert_eq!(out["some_future_field"]["a"], 1);
-        assert_eq!(cfg.rank_and_alpha("model.layers.1.self_attn.o_proj").unwrap(), (2, 16.0));
-        assert_eq!(cfg.rank_and_alpha("model.layers.1.self_attn.q_proj").unwrap(), (4, 16.0));
+        assert_eq!(
+            cfg.rank_and_alpha("model.layers.1.self_attn.o_proj")
+                .unwrap(),
+            (2, 16.0)
+        );
+        assert_eq!(
+            cfg.rank_and_alpha("model.layers.1.self_attn.q_proj")
+                .unwrap(),
+            (4, 16.0)
+        );
     }
 
     #[test]
     fn rejects_unsupported_settings() {
         let ia3: LoraConfig = serde_json::from_str(r#"{"peft_type":"IA3"}"#).unwrap();
-        assert!(matches!(ia3.validate(), Err(PeftError::Unsupported { field, .. }) if field == "peft_type"));
+        assert!(
+            matches!(ia3.validate(), Err(PeftError::Unsupported { field, .. }) if field == "peft_type")
+        );
         let bias: LoraConfig = serde_json::from_str(r#"{"bias":"all"}"#).unwrap();
         assert!(bias.validate().is_err());
         let tt: LoraConfig = serde_json::from_str(r#"{"trainable_token_indices":[1,2]}"#).unwrap();

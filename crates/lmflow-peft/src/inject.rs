@@ -44,7 +44,9 @@ impl Matcher {
 
     fn matches(&self, path: &str) -> bool {
         match self {
-            Self::Names(v) => v.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            Self::Names(v) => v
+                .iter()
+                .any(|n| path == n || path.ends_with(&format!(".{n}"))),
             Self::Regex(r) => r.is_match(path),
             Self::AllLinear => {
                 let last = path.rsplit('.').next().unwrap_or(path);
@@ -123,7 +125,9 @@ impl TargetMatcher {
     pub fn is_target(&self, path: &str) -> bool {
         if self.exclude.as_ref().is_some_and(|e| match e {
             Matcher::Regex(_) => e.matches(path),
-            Matcher::Names(v) => v.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            Matcher::Names(v) => v
+                .iter()
+                .any(|n| path == n || path.ends_with(&format!(".{n}"))),
             Matcher::AllLinear => false,
         }) {
             return false;
@@ -210,11 +214,21 @@ pub fn inject_adapter<M: LinearVisitor>(
             targets: serde_json::to_string(&cfg.target_modules).unwrap_or_default(),
         });
     }
-    tracing::info!(adapter = name, layers = report.adapted.len(), "LoRA adapter injected");
+    tracing::info!(
+        adapter = name,
+        layers = report.adapted.len(),
+        "LoRA adapter injected"
+    );
     Ok(report)
 }
 
-fn attach(lin: &mut Linear, path: &str, cfg: &LoraConfig, name: &str, init: &LoraInit) -> Result<(), PeftError> {
+fn attach(
+    lin: &mut Linear,
+    path: &str,
+    cfg: &LoraConfig,
+    name: &str,
+    init: &LoraInit,
+) -> Result<(), PeftError> {
     if lin.adapter(name).is_some() {
         return Err(PeftError::Adapter {
             name: name.into(),
@@ -231,7 +245,8 @@ fn attach(lin: &mut Linear, path: &str, cfg: &LoraConfig, name: &str, init: &Lor
         });
     }
     let weight = lin.dense_weight();
-    let (adapter, new_weight) = LoraAdapter::init(name, weight, r, scale, cfg.lora_dropout, init, cfg.use_dora)?;
+    let (adapter, new_weight) =
+        LoraAdapter::init(name, weight, r, scale, cfg.lora_dropout, init, cfg.use_dora)?;
     if *init == LoraInit::Pissa {
         let trainable = lin.weight.is_require_grad();
         lin.weight = burn::module::Param::from_tensor(new_weight).set_require_grad(trainable);
@@ -257,7 +272,10 @@ pub fn get_peft_model<M: Module + LinearVisitor>(
 }
 
 /// Makes `modules_to_save` (linear layers and embeddings) trainable.
-pub fn unfreeze_modules_to_save<M: LinearVisitor>(model: &mut M, cfg: &LoraConfig) -> Result<(), PeftError> {
+pub fn unfreeze_modules_to_save<M: LinearVisitor>(
+    model: &mut M,
+    cfg: &LoraConfig,
+) -> Result<(), PeftError> {
     let matcher = TargetMatcher::new(cfg)?;
     model.visit_linears_mut(&mut |path, lin| {
         if matcher.is_module_to_save(path) {
@@ -289,11 +307,7 @@ pub fn set_active_adapter<M: LinearVisitor>(model: &mut M, name: &str) -> Result
             lin.active_adapter = None;
         }
     });
-    if found {
-        Ok(())
-    } else {
-        Err(unknown(name))
-    }
+    if found { Ok(()) } else { Err(unknown(name)) }
 }
 
 /// Disables adapters (forward is the base model) until [`set_active_adapter`].

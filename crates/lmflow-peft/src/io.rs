@@ -102,7 +102,9 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 fn first_key<'a>(t: &HostTensors, candidates: &'a [String]) -> Option<&'a String> {
-    candidates.iter().find(|k| t.tensors.contains_key(k.as_str()))
+    candidates
+        .iter()
+        .find(|k| t.tensors.contains_key(k.as_str()))
 }
 
 /// Loads an adapter folder into the model as adapter `name` (PEFT's
@@ -129,7 +131,10 @@ pub fn load_adapter<M: LinearVisitor>(
             let (d_in, d_out) = lin.dims();
             let base = format!("{PREFIX}{path}");
             if matcher.is_module_to_save(path) {
-                let wk = [format!("{base}.weight"), format!("{base}.modules_to_save.{name}.weight")];
+                let wk = [
+                    format!("{base}.weight"),
+                    format!("{base}.modules_to_save.{name}.weight"),
+                ];
                 if let Some(k) = first_key(&file, &wk).cloned() {
                     let w: Tensor<2> = file
                         .take(&k, Some([d_out, d_in]), device)?
@@ -137,7 +142,10 @@ pub fn load_adapter<M: LinearVisitor>(
                     let trainable = lin.weight.is_require_grad();
                     lin.quant = None;
                     lin.weight = Param::from_tensor(w).set_require_grad(trainable);
-                    let bk = [format!("{base}.bias"), format!("{base}.modules_to_save.{name}.bias")];
+                    let bk = [
+                        format!("{base}.bias"),
+                        format!("{base}.modules_to_save.{name}.bias"),
+                    ];
                     if let Some(k) = first_key(&file, &bk).cloned()
                         && let Some(b) = file.take::<1>(&k, Some([d_out]), device)?
                     {
@@ -146,16 +154,21 @@ pub fn load_adapter<M: LinearVisitor>(
                 }
                 return Ok(());
             }
-            let a_keys = [format!("{base}.lora_A.weight"), format!("{base}.lora_A.{name}.weight")];
+            let a_keys = [
+                format!("{base}.lora_A.weight"),
+                format!("{base}.lora_A.{name}.weight"),
+            ];
             let Some(ak) = first_key(&file, &a_keys).cloned() else {
                 return Ok(());
             };
             let bk = ak.replace(".lora_A.", ".lora_B.");
-            let a: Tensor<2> = file.take(&ak, None, device)?.ok_or_else(|| PeftError::Tensor {
-                path: file.path.clone(),
-                key: ak.clone(),
-                reason: "missing".into(),
-            })?;
+            let a: Tensor<2> = file
+                .take(&ak, None, device)?
+                .ok_or_else(|| PeftError::Tensor {
+                    path: file.path.clone(),
+                    key: ak.clone(),
+                    reason: "missing".into(),
+                })?;
             let [r, a_in] = a.dims();
             if a_in != d_in {
                 return Err(PeftError::Tensor {
@@ -164,13 +177,13 @@ pub fn load_adapter<M: LinearVisitor>(
                     reason: format!("expected [r, {d_in}], found [{r}, {a_in}]"),
                 });
             }
-            let b: Tensor<2> = file
-                .take(&bk, Some([d_out, r]), device)?
-                .ok_or_else(|| PeftError::Tensor {
-                    path: file.path.clone(),
-                    key: bk.clone(),
-                    reason: "missing (lora_A is present)".into(),
-                })?;
+            let b: Tensor<2> =
+                file.take(&bk, Some([d_out, r]), device)?
+                    .ok_or_else(|| PeftError::Tensor {
+                        path: file.path.clone(),
+                        key: bk.clone(),
+                        reason: "missing (lora_A is present)".into(),
+                    })?;
             let mk = [
                 format!("{base}.lora_magnitude_vector"),
                 format!("{base}.lora_magnitude_vector.{name}"),
@@ -189,7 +202,12 @@ pub fn load_adapter<M: LinearVisitor>(
             }
             let (r_cfg, alpha) = cfg.rank_and_alpha(path)?;
             if r_cfg != r {
-                tracing::warn!(path, r_cfg, r, "adapter rank differs from config; using the tensor's rank");
+                tracing::warn!(
+                    path,
+                    r_cfg,
+                    r,
+                    "adapter rank differs from config; using the tensor's rank"
+                );
             }
             let scale = cfg.scale(r_cfg, alpha);
             if lin.adapter(name).is_some() {
@@ -198,7 +216,14 @@ pub fn load_adapter<M: LinearVisitor>(
                     reason: format!("already attached to `{path}`"),
                 });
             }
-            lin.adapters.push(LoraAdapter::from_tensors(name, a, b, magnitude, scale, cfg.lora_dropout));
+            lin.adapters.push(LoraAdapter::from_tensors(
+                name,
+                a,
+                b,
+                magnitude,
+                scale,
+                cfg.lora_dropout,
+            ));
             if lin.active_adapter.is_none() {
                 lin.active_adapter = Some(name.into());
             }
@@ -217,7 +242,10 @@ pub fn load_adapter<M: LinearVisitor>(
             return;
         }
         let base = format!("{PREFIX}{path}");
-        let keys = [format!("{base}.weight"), format!("{base}.modules_to_save.{name}.weight")];
+        let keys = [
+            format!("{base}.weight"),
+            format!("{base}.modules_to_save.{name}.weight"),
+        ];
         if let Some(k) = first_key(&file, &keys).cloned() {
             let dims = p.dims();
             match file.take::<2>(&k, Some(dims), device) {

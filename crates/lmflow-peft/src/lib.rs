@@ -38,11 +38,11 @@ pub mod trainable;
 
 pub use config::{InitLoraWeights, LoraConfig, TargetModules};
 pub use error::PeftError;
+pub use inject::{
+    get_peft_model, inject_adapter, merge_adapter, merge_and_unload, set_active_adapter, unload,
+    unmerge_adapter,
+};
+pub use io::{load_adapter, save_adapter};
 pub use linear::{Linear, LinearConfig, LinearVisitor, MergedAdapter};
 pub use lora::{LoraAdapter, LoraInit};
 pub use nf4::{Nf4Config, Nf4Weight};
-pub use inject::{
-    get_peft_model, inject_adapter, merge_adapter, merge_and_unload, set_active_adapter,
-    unload, unmerge_adapter,
-};
-pub use io::{load_adapter, save_adapter};

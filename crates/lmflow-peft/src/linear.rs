@@ -134,7 +134,11 @@ impl Linear {
         match self.active() {
             None => burn::tensor::module::linear(input, w.transpose(), bias),
             Some(adapter) => {
-                let base = burn::tensor::module::linear(input.clone(), w.clone().transpose(), bias.clone());
+                let base = burn::tensor::module::linear(
+                    input.clone(),
+                    w.clone().transpose(),
+                    bias.clone(),
+                );
                 adapter.apply(input, base, w, bias)
             }
         }

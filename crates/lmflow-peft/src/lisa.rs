@@ -88,7 +88,10 @@ impl Lisa {
         if config.n_layers == 0 || config.n_layers > num_layers {
             return Err(PeftError::InvalidConfig {
                 field: "n_layers".into(),
-                reason: format!("{} is not in 1..={num_layers} (decoder layers found)", config.n_layers),
+                reason: format!(
+                    "{} is not in 1..={num_layers} (decoder layers found)",
+                    config.n_layers
+                ),
             });
         }
         if config.interval_steps == 0 {
@@ -168,7 +171,10 @@ impl Lisa {
 
     /// Tensors held by the optimizers: `(persistent part, decoder-layer part)`.
     pub fn optimizer_state_len(&self) -> (usize, usize) {
-        (self.fixed_optim.to_record().len(), self.layer_optim.to_record().len())
+        (
+            self.fixed_optim.to_record().len(),
+            self.layer_optim.to_record().len(),
+        )
     }
 }
 

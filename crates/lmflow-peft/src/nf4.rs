@@ -12,7 +12,7 @@
 //! only one layer's dense weight exists at a time.
 
 use burn::module::Module;
-use burn::tensor::{Device, IntDType, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::PeftError;
@@ -132,44 +132,52 @@ pub fn quantize_nf4(data: &[f32], blocksize: usize) -> Nf4Host {
     let mut packed = Vec::with_capacity(data.len().div_ceil(2));
     for pair in scaled.chunks(2) {
         let hi = bucketize(pair[0], &bounds);
-        let lo = pair.get(1).map_or(bucketize(0.0, &bounds), |&x| bucketize(x, &bounds));
+        let lo = pair
+            .get(1)
+            .map_or(bucketize(0.0, &bounds), |&x| bucketize(x, &bounds));
         packed.push((hi << 4) | lo);
     }
     Nf4Host { packed, absmax }
 }
 
 /// bitsandbytes' `create_dynamic_map(signed=True)`: the 256-level map used for the
-/// double quantisation of absmax values.
+/// double quantisation of absmax values (f32 arithmetic as torch: `linspace`, midpoints,
+/// scaling by a power of ten).
 pub fn dynamic_map() -> Vec<f32> {
     let max_exponent_bits = 7i32;
     let non_sign_bits = 7i32;
-    let mut data: Vec<f64> = Vec::with_capacity(256);
-    let linspace_means = |items: usize| -> Vec<f32> {
-        let b: Vec<f32> = (0..items)
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    // torch.linspace(0.1, 1, steps) on CPU, float32: the first half counts up from the start,
+    // the second half down from the end.
+    let linspace = |steps: usize| -> Vec<f32> {
+        let (start, end) = (0.1f32, 1.0f32);
+        let step = (end - start) / (steps - 1) as f32;
+        let half = steps / 2;
+        (0..steps)
             .map(|i| {
-                if items == 1 {
-                    0.1
+                if i < half {
+                    start + step * i as f32
                 } else {
-                    (0.1 + (1.0 - 0.1) * i as f64 / (items - 1) as f64) as f32
+                    end - step * (steps - i - 1) as f32
                 }
             })
-            .collect();
-        b.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect()
+            .collect()
     };
     for i in 0..max_exponent_bits {
-        let items = (2f64.powi(i + non_sign_bits - max_exponent_bits) + 1.0) as usize;
-        let p = 10f64.powi(-(max_exponent_bits - 1) + i);
-        for m in linspace_means(items) {
-            data.push(p * m as f64);
-            data.push(-p * m as f64);
+        let items = (1usize << (i + non_sign_bits - max_exponent_bits) as u32) + 1;
+        let p = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
+        let b = linspace(items);
+        for w in b.windows(2) {
+            let mean = (w[0] + w[1]) / 2.0;
+            data.push(p * mean);
+            data.push(-(p * mean));
         }
     }
     data.push(0.0);
     data.push(1.0);
     data.resize(256, 0.0);
-    let mut out: Vec<f32> = data.into_iter().map(|x| x as f32).collect();
-    out.sort_by(f32::total_cmp);
-    out
+    data.sort_by(f32::total_cmp);
+    data
 }
 
 /// bitsandbytes' `quantize_blockwise` (8-bit, given sorted `code`): per-block absmax and the
@@ -205,7 +213,13 @@ impl Nf4Weight {
     }
 
     /// Quantises row-major host values.
-    pub fn from_host(data: &[f32], rows: usize, cols: usize, config: &Nf4Config, device: &Device) -> Self {
+    pub fn from_host(
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        config: &Nf4Config,
+        device: &Device,
+    ) -> Self {
         let host = quantize_nf4(data, config.blocksize);
         let (absmax, nested) = if config.double_quant {
             let offset = (host.absmax.iter().map(|&x| x as f64).sum::<f64>()
@@ -224,7 +238,16 @@ impl Nf4Weight {
         } else {
             (Some(tensor_f32(host.absmax, device)), None)
         };
-        Self::from_parts(host.packed, absmax, nested, NF4_CODE.to_vec(), rows, cols, config.blocksize, device)
+        Self::from_parts(
+            host.packed,
+            absmax,
+            nested,
+            NF4_CODE.to_vec(),
+            rows,
+            cols,
+            config.blocksize,
+            device,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -269,7 +292,8 @@ impl Nf4Weight {
         let device = n.code.device();
         let codes = n.codes.clone().cast(IntDType::I64);
         let values = n.code.clone().select(0, codes);
-        let block_of = Tensor::<1, Int>::arange(0..blocks as i64, &device).div_scalar(n.blocksize as i64);
+        let block_of =
+            Tensor::<1, Int>::arange(0..blocks as i64, &device).div_scalar(n.blocksize as i64);
         let scale = n.absmax.clone().select(0, block_of);
         values * scale + n.offset
     }
@@ -278,14 +302,20 @@ impl Nf4Weight {
     pub fn dequantize(&self) -> Tensor<2> {
         let packed = self.packed.clone().cast(IntDType::I64);
         let half = packed.dims()[0];
-        let hi = packed.clone().bitwise_right_shift_scalar(4).bitwise_and_scalar(15);
+        let hi = packed
+            .clone()
+            .bitwise_right_shift_scalar(4)
+            .bitwise_and_scalar(15);
         let lo = packed.bitwise_and_scalar(15);
         let codes: Tensor<1, Int> = Tensor::stack::<2>(vec![hi, lo], 1).reshape([half * 2]);
         let values = self.code.clone().select(0, codes);
         let blocks = self.blocks();
         let absmax = self.absmax_values().reshape([blocks, 1]);
-        let dense = (values.reshape([blocks, self.blocksize]) * absmax).reshape([blocks * self.blocksize]);
-        dense.slice(0..self.rows * self.cols).reshape([self.rows, self.cols])
+        let dense =
+            (values.reshape([blocks, self.blocksize]) * absmax).reshape([blocks * self.blocksize]);
+        dense
+            .slice(0..self.rows * self.cols)
+            .reshape([self.rows, self.cols])
     }
 
     /// Bytes this weight occupies on the device (codes, absmax, tables).
@@ -310,10 +340,17 @@ impl Nf4Weight {
     /// (`<prefix>.weight`, `.weight.absmax`, `.weight.quant_map`, `.weight.nested_absmax`,
     /// `.weight.nested_quant_map`, `.weight.quant_state.bitsandbytes__nf4`). Returns `None`
     /// when `<prefix>.weight.quant_state.bitsandbytes__nf4` is absent.
-    pub fn from_bnb(st: &SafeTensors<'_>, prefix: &str, device: &Device) -> Result<Option<Self>, PeftError> {
+    pub fn from_bnb(
+        st: &SafeTensors<'_>,
+        prefix: &str,
+        device: &Device,
+    ) -> Result<Option<Self>, PeftError> {
         let state_key = format!("{prefix}.weight.quant_state.bitsandbytes__nf4");
         let Ok(state) = st.tensor(&state_key) else {
-            if st.tensor(&format!("{prefix}.weight.quant_state.bitsandbytes__fp4")).is_ok() {
+            if st
+                .tensor(&format!("{prefix}.weight.quant_state.bitsandbytes__fp4"))
+                .is_ok()
+            {
                 return Err(PeftError::Quantization {
                     key: prefix.into(),
                     reason: "FP4 checkpoints are not supported (NF4 only)".into(),
@@ -327,16 +364,28 @@ impl Nf4Weight {
         };
         let meta: serde_json::Value = serde_json::from_slice(state.data())
             .map_err(|e| qerr(format!("quant_state is not JSON: {e}")))?;
-        let blocksize = meta["blocksize"].as_u64().ok_or_else(|| qerr("no blocksize".into()))? as usize;
+        let blocksize = meta["blocksize"]
+            .as_u64()
+            .ok_or_else(|| qerr("no blocksize".into()))? as usize;
         let shape: Vec<usize> = meta["shape"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|x| x as usize))
+                    .collect()
+            })
             .unwrap_or_default();
         let [rows, cols] = shape[..] else {
-            return Err(qerr(format!("expected a 2-D shape, got {:?}", meta["shape"])));
+            return Err(qerr(format!(
+                "expected a 2-D shape, got {:?}",
+                meta["shape"]
+            )));
         };
         if meta["quant_type"] != "nf4" {
-            return Err(qerr(format!("quant_type {} is not nf4", meta["quant_type"])));
+            return Err(qerr(format!(
+                "quant_type {} is not nf4",
+                meta["quant_type"]
+            )));
         }
         let get = |suffix: &str| -> Result<(Dtype, Vec<u8>), PeftError> {
             let key = format!("{prefix}.{suffix}");
@@ -346,32 +395,56 @@ impl Nf4Weight {
         let f32s = |suffix: &str| -> Result<Vec<f32>, PeftError> {
             let (dt, bytes) = get(suffix)?;
             match dt {
-                Dtype::F32 => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                Dtype::F16 => Ok(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-                Dtype::BF16 => Ok(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-                other => Err(qerr(format!("`{suffix}` has dtype {other:?}, expected a float"))),
+                Dtype::F32 => Ok(bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()),
+                Dtype::F16 => Ok(bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect()),
+                Dtype::BF16 => Ok(bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect()),
+                other => Err(qerr(format!(
+                    "`{suffix}` has dtype {other:?}, expected a float"
+                ))),
             }
         };
         let (dt, packed) = get("weight")?;
         if dt != Dtype::U8 {
-            return Err(qerr(format!("packed weight has dtype {dt:?}; only uint8 quant_storage is supported")));
+            return Err(qerr(format!(
+                "packed weight has dtype {dt:?}; only uint8 quant_storage is supported"
+            )));
         }
         if packed.len() != (rows * cols).div_ceil(2) {
-            return Err(qerr(format!("{} packed bytes for shape [{rows}, {cols}]", packed.len())));
+            return Err(qerr(format!(
+                "{} packed bytes for shape [{rows}, {cols}]",
+                packed.len()
+            )));
         }
         let code = f32s("weight.quant_map")?;
         if code.len() != 16 {
-            return Err(qerr(format!("quant_map has {} entries, expected 16", code.len())));
+            return Err(qerr(format!(
+                "quant_map has {} entries, expected 16",
+                code.len()
+            )));
         }
         let blocks = (rows * cols).div_ceil(blocksize);
         let nested_present = st.tensor(&format!("{prefix}.weight.nested_absmax")).is_ok();
         let (absmax, nested) = if nested_present {
             let (adt, codes) = get("weight.absmax")?;
             if adt != Dtype::U8 || codes.len() != blocks {
-                return Err(qerr(format!("nested absmax: dtype {adt:?}, {} codes for {blocks} blocks", codes.len())));
+                return Err(qerr(format!(
+                    "nested absmax: dtype {adt:?}, {} codes for {blocks} blocks",
+                    codes.len()
+                )));
             }
             let nested_blocksize = meta["nested_blocksize"].as_u64().unwrap_or(256) as usize;
-            let offset = meta["nested_offset"].as_f64().ok_or_else(|| qerr("no nested_offset".into()))?;
+            let offset = meta["nested_offset"]
+                .as_f64()
+                .ok_or_else(|| qerr("no nested_offset".into()))?;
             let nested = Nf4Nested {
                 codes: tensor_u8(codes, device),
                 absmax: tensor_f32(f32s("weight.nested_absmax")?, device),
@@ -383,19 +456,24 @@ impl Nf4Weight {
         } else {
             let a = f32s("weight.absmax")?;
             if a.len() != blocks {
-                return Err(qerr(format!("{} absmax values for {blocks} blocks", a.len())));
+                return Err(qerr(format!(
+                    "{} absmax values for {blocks} blocks",
+                    a.len()
+                )));
             }
             (Some(tensor_f32(a, device)), None)
         };
-        Ok(Some(Self::from_parts(packed, absmax, nested, code, rows, cols, blocksize, device)))
+        Ok(Some(Self::from_parts(
+            packed, absmax, nested, code, rows, cols, blocksize, device,
+        )))
     }
 }
 
 /// Memory of a set of NF4 weights: `(storage bytes, weight count)`.
 pub fn nf4_memory<'a>(weights: impl IntoIterator<Item = &'a Nf4Weight>) -> (usize, usize) {
-    weights
-        .into_iter()
-        .fold((0, 0), |(b, n), w| (b + w.storage_bytes(), n + w.rows * w.cols))
+    weights.into_iter().fold((0, 0), |(b, n), w| {
+        (b + w.storage_bytes(), n + w.rows * w.cols)
+    })
 }
 
 /// Keys a bitsandbytes `Linear4bit` adds next to `<prefix>.weight` (for filtering).

@@ -4,7 +4,12 @@
 
 /// Returns `(U [m, k] row-major, S [k] descending, V^T [k, n] row-major)` for the row-major
 /// `m x n` matrix `w`.
-pub(crate) fn top_singular(w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub(crate) fn top_singular(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     // Work on the Gram matrix of the smaller side: G = W^T W (n x n) or W W^T (m x m).
     let small = m.min(n);
@@ -138,7 +143,12 @@ mod tests {
         // W = U diag(5, 3, 1) V^T with orthonormal U (4x3) and V (3x3 rotation).
         let (c, s) = (0.6f64, 0.8f64);
         let v = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]];
-        let u = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]];
+        let u = [
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 0.0],
+        ];
         let sv = [5.0, 3.0, 1.0];
         let mut w = vec![0f32; 12];
         for i in 0..4 {
@@ -151,7 +161,10 @@ mod tests {
             }
         }
         let (uu, ss, vt) = top_singular(&w, 4, 3, 2);
-        assert!((ss[0] - 5.0).abs() < 1e-5 && (ss[1] - 3.0).abs() < 1e-5, "{ss:?}");
+        assert!(
+            (ss[0] - 5.0).abs() < 1e-5 && (ss[1] - 3.0).abs() < 1e-5,
+            "{ss:?}"
+        );
         // rank-2 reconstruction equals W minus the sigma=1 component.
         for i in 0..4 {
             for j in 0..3 {

@@ -35,7 +35,10 @@ impl<F: FnMut(&str) -> Option<bool>> ModuleMapper for PathMapper<F> {
     fn map_int<const D: usize>(&mut self, param: Param<Tensor<D, Int>>) -> Param<Tensor<D, Int>> {
         param
     }
-    fn map_bool<const D: usize>(&mut self, param: Param<Tensor<D, Bool>>) -> Param<Tensor<D, Bool>> {
+    fn map_bool<const D: usize>(
+        &mut self,
+        param: Param<Tensor<D, Bool>>,
+    ) -> Param<Tensor<D, Bool>> {
         param
     }
 }
@@ -92,5 +95,7 @@ pub fn float_params<M: Module>(model: &M) -> Vec<(String, ParamId, usize, bool)>
 pub fn count_params<M: Module>(model: &M) -> (usize, usize) {
     float_params(model)
         .iter()
-        .fold((0, 0), |(t, n), (_, _, k, g)| (t + if *g { *k } else { 0 }, n + k))
+        .fold((0, 0), |(t, n), (_, _, k, g)| {
+            (t + if *g { *k } else { 0 }, n + k)
+        })
 }

@@ -15,11 +15,17 @@ use lmflow_peft::trainable::{count_params, float_params};
 use lmflow_peft::{Linear, LinearConfig, LinearVisitor, LoraAdapter, LoraInit};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/peft"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/peft"
+    ))
 }
 
 fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -68,7 +74,9 @@ impl Toy {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let mut h = x;
         for b in &self.layers {
-            let y = b.down_proj.forward(burn::tensor::activation::relu(b.up_proj.forward(h.clone())));
+            let y = b
+                .down_proj
+                .forward(burn::tensor::activation::relu(b.up_proj.forward(h.clone())));
             h = h + y * b.norm.val().unsqueeze();
         }
         self.lm_head.forward(h)
@@ -101,7 +109,16 @@ fn names(v: &[&str]) -> TargetModules {
 
 fn adapted_linear(d_in: usize, d_out: usize, r: usize, dora: bool, device: &Device) -> Linear {
     let mut lin = LinearConfig::new(d_in, d_out).init(device);
-    let (ad, _) = LoraAdapter::init("default", lin.weight.val(), r, 2.0, 0.0, &LoraInit::Random, dora).unwrap();
+    let (ad, _) = LoraAdapter::init(
+        "default",
+        lin.weight.val(),
+        r,
+        2.0,
+        0.0,
+        &LoraInit::Random,
+        dora,
+    )
+    .unwrap();
     lin.adapters.push(ad);
     lin.active_adapter = Some("default".into());
     lin
@@ -114,7 +131,8 @@ fn lora_forward_equals_dense_formula() {
     let x = randn([2, 5, 12], &device);
     let ad = &lin.adapters[0];
     let w_eff = lin.weight.val() + ad.lora_b.val().matmul(ad.lora_a.val()).mul_scalar(ad.scale);
-    let want = x.clone().matmul(w_eff.transpose().unsqueeze::<3>()) + lin.bias.as_ref().unwrap().val().unsqueeze();
+    let want = x.clone().matmul(w_eff.transpose().unsqueeze::<3>())
+        + lin.bias.as_ref().unwrap().val().unsqueeze();
     assert!(max_diff(lin.forward(x), want) < 1e-5);
 }
 
@@ -151,7 +169,16 @@ fn dora_forward_and_merge_match_peft_formula() {
 fn lora_merge_unmerge_and_multiple_adapters() {
     let device = Device::flex();
     let mut lin = adapted_linear(8, 8, 2, false, &device);
-    let (second, _) = LoraAdapter::init("other", lin.weight.val(), 4, 1.0, 0.0, &LoraInit::Random, false).unwrap();
+    let (second, _) = LoraAdapter::init(
+        "other",
+        lin.weight.val(),
+        4,
+        1.0,
+        0.0,
+        &LoraInit::Random,
+        false,
+    )
+    .unwrap();
     lin.adapters.push(second);
     let x = randn([3, 8], &device);
     let y_default = lin.forward(x.clone());
@@ -178,10 +205,18 @@ fn targeting_follows_peft_rules() {
     };
     check(
         LoraConfig::new(2, 4.0, names(&["up_proj"])),
-        &["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj", "model.layers.2.mlp.up_proj"],
+        &[
+            "model.layers.0.mlp.up_proj",
+            "model.layers.1.mlp.up_proj",
+            "model.layers.2.mlp.up_proj",
+        ],
     );
     check(
-        LoraConfig::new(2, 4.0, TargetModules::Pattern(r".*\.1\.mlp\.(up|down)_proj".into())),
+        LoraConfig::new(
+            2,
+            4.0,
+            TargetModules::Pattern(r".*\.1\.mlp\.(up|down)_proj".into()),
+        ),
         &["model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"],
     );
     let mut all = LoraConfig::new(2, 4.0, TargetModules::Pattern("all-linear".into()));
@@ -198,7 +233,8 @@ fn targeting_follows_peft_rules() {
     // rank_pattern / alpha_pattern.
     let mut cfg = LoraConfig::new(4, 8.0, names(&["up_proj", "down_proj"]));
     cfg.rank_pattern.insert("down_proj".into(), 2);
-    cfg.alpha_pattern.insert(r"layers\.1\.mlp\.up_proj".into(), 2.0);
+    cfg.alpha_pattern
+        .insert(r"layers\.1\.mlp\.up_proj".into(), 2.0);
     let mut toy = Toy::new(8, 16, 2, 11, &device);
     lmflow_peft::inject_adapter(&mut toy, &cfg, "default").unwrap();
     assert_eq!(toy.layers[0].down_proj.adapters[0].rank(), 2);
@@ -207,7 +243,10 @@ fn targeting_follows_peft_rules() {
     assert_eq!(toy.layers[1].up_proj.adapters[0].scale, 0.5);
     // Nothing matched is an error.
     let mut toy = Toy::new(8, 16, 2, 11, &device);
-    assert!(lmflow_peft::inject_adapter(&mut toy, &LoraConfig::new(2, 2.0, names(&["q_proj"])), "d").is_err());
+    assert!(
+        lmflow_peft::inject_adapter(&mut toy, &LoraConfig::new(2, 2.0, names(&["q_proj"])), "d")
+            .is_err()
+    );
 }
 
 #[test]
@@ -217,7 +256,8 @@ fn save_load_round_trip_with_modules_to_save() {
     cfg.init_lora_weights = lmflow_peft::InitLoraWeights::Bool(false);
     cfg.use_dora = true;
     cfg.modules_to_save = Some(vec!["lm_head".into(), "embed_tokens".into()]);
-    cfg.extra.insert("future_field".into(), serde_json::json!([1, 2]));
+    cfg.extra
+        .insert("future_field".into(), serde_json::json!([1, 2]));
     let toy = Toy::new(8, 16, 2, 11, &device);
     let (mut toy, report) = lmflow_peft::get_peft_model(toy, &cfg, "default").unwrap();
     assert_eq!(report.saved_linears, ["lm_head"]);
@@ -227,20 +267,36 @@ fn save_load_round_trip_with_modules_to_save() {
     let y = toy.forward(x.clone());
     let dir = tempfile::tempdir().unwrap();
     lmflow_peft::save_adapter(&mut toy, &cfg, "default", dir.path()).unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(saved["future_field"], serde_json::json!([1, 2]));
     assert_eq!(saved["peft_type"], "LORA");
     let bytes = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut keys: Vec<String> = st.names().into_iter().map(String::from).collect();
     keys.sort();
-    assert!(keys.contains(&"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight".to_string()));
-    assert!(keys.contains(&"base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector".to_string()));
+    assert!(
+        keys.contains(&"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight".to_string())
+    );
+    assert!(keys.contains(
+        &"base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector".to_string()
+    ));
     assert!(keys.contains(&"base_model.model.lm_head.weight".to_string()));
     assert!(keys.contains(&"base_model.model.model.embed_tokens.weight".to_string()));
-    assert_eq!(st.tensor("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight").unwrap().shape(), [3, 8]);
-    assert_eq!(st.tensor("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight").unwrap().shape(), [16, 3]);
+    assert_eq!(
+        st.tensor("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight")
+            .unwrap()
+            .shape(),
+        [3, 8]
+    );
+    assert_eq!(
+        st.tensor("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight")
+            .unwrap()
+            .shape(),
+        [16, 3]
+    );
 
     // Load into a fresh copy of the *base*: rebuild the base from the adapted model.
     let mut fresh = toy.clone();
@@ -251,7 +307,11 @@ fn save_load_round_trip_with_modules_to_save() {
     assert!(max_diff(fresh.forward(x), y) < 1e-5);
     // Loading twice under one name is an error; an unknown peft_type is an error.
     assert!(lmflow_peft::load_adapter(&mut fresh, dir.path(), "default", &device).is_err());
-    std::fs::write(dir.path().join("adapter_config.json"), r#"{"peft_type":"PREFIX_TUNING"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        r#"{"peft_type":"PREFIX_TUNING"}"#,
+    )
+    .unwrap();
     let err = lmflow_peft::load_adapter(&mut fresh, dir.path(), "x", &device).unwrap_err();
     assert!(err.to_string().contains("peft_type"), "{err}");
 }
@@ -263,8 +323,16 @@ fn training_step_touches_only_adapters() {
     let toy = Toy::new(8, 16, 2, 11, &device);
     let (toy, _) = lmflow_peft::get_peft_model(toy, &cfg, "default").unwrap();
     let params = float_params(&toy);
-    let adapter_ids: Vec<_> = params.iter().filter(|p| p.0.contains("adapters")).map(|p| p.1).collect();
-    let base_ids: Vec<_> = params.iter().filter(|p| !p.0.contains("adapters")).map(|p| p.1).collect();
+    let adapter_ids: Vec<_> = params
+        .iter()
+        .filter(|p| p.0.contains("adapters"))
+        .map(|p| p.1)
+        .collect();
+    let base_ids: Vec<_> = params
+        .iter()
+        .filter(|p| !p.0.contains("adapters"))
+        .map(|p| p.1)
+        .collect();
     assert_eq!(adapter_ids.len(), 8);
     let (trainable, total) = count_params(&toy);
     assert_eq!(trainable, 2 * (2 * 8 + 16 * 2 + 2 * 16 + 8 * 2));
@@ -305,7 +373,14 @@ fn adapter_cost_scales_with_rank_not_weight_size() {
     let device = Device::flex().autodiff();
     let d = 4096;
     let grads_elems = |r: usize| {
-        let ad = LoraAdapter::from_tensors("a", randn([r, d], &device), randn([d, r], &device), None, 1.0, 0.0);
+        let ad = LoraAdapter::from_tensors(
+            "a",
+            randn([r, d], &device),
+            randn([d, r], &device),
+            None,
+            1.0,
+            0.0,
+        );
         let x = randn([4, d], &device);
         let loss = ad.delta(x).sum();
         let g = GradientsParams::from_grads(loss.backward(), &ad);
@@ -318,7 +393,14 @@ fn adapter_cost_scales_with_rank_not_weight_size() {
     assert_eq!(grads_elems(8), 2 * grads_elems(4));
     // Timing: the adapter's forward + backward is far cheaper than forming B A once.
     let r = 8;
-    let ad = LoraAdapter::from_tensors("a", randn([r, d], &device), randn([d, r], &device), None, 1.0, 0.0);
+    let ad = LoraAdapter::from_tensors(
+        "a",
+        randn([r, d], &device),
+        randn([d, r], &device),
+        None,
+        1.0,
+        0.0,
+    );
     let x = randn([4, d], &device);
     let run = || {
         let loss = ad.delta(x.clone()).sum();
@@ -345,7 +427,8 @@ fn adapter_cost_scales_with_rank_not_weight_size() {
 fn pissa_splits_weight_into_residual_and_principal_part() {
     let device = Device::flex();
     let w = randn([12, 9], &device);
-    let (ad, residual) = LoraAdapter::init("p", w.clone(), 3, 0.5, 0.0, &LoraInit::Pissa, false).unwrap();
+    let (ad, residual) =
+        LoraAdapter::init("p", w.clone(), 3, 0.5, 0.0, &LoraInit::Pissa, false).unwrap();
     // W = residual + s B A exactly.
     assert!(max_diff(residual.clone() + ad.delta_weight(), w.clone()) < 1e-5);
     // B A is the best rank-3 approximation: the residual's spectral content is the tail, so
@@ -358,7 +441,9 @@ fn pissa_splits_weight_into_residual_and_principal_part() {
     assert!(aat[1].abs() < 1e-4 && aat[2].abs() < 1e-4 && aat[5].abs() < 1e-4);
 }
 
-fn read_fixture(path: &std::path::Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<u8>, safetensors::Dtype)> {
+fn read_fixture(
+    path: &std::path::Path,
+) -> std::collections::HashMap<String, (Vec<usize>, Vec<u8>, safetensors::Dtype)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
@@ -368,7 +453,9 @@ fn read_fixture(path: &std::path::Path) -> std::collections::HashMap<String, (Ve
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[test]
@@ -409,9 +496,17 @@ fn nf4_matches_bitsandbytes() {
     let wd = Nf4Weight::from_host(&input, 48, 64, &Nf4Config::new(), &device);
     let want = f32s(&r["double.dequant"].1);
     let got = vec_of(wd.dequantize());
-    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5 * b.abs().max(1.0)));
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() < 1e-5 * b.abs().max(1.0))
+    );
     // About 4.5 bits per weight without double quantisation (plus the 16-entry table).
-    assert!((w.bits_per_weight() - 4.5).abs() < 0.2, "{}", w.bits_per_weight());
+    assert!(
+        (w.bits_per_weight() - 4.5).abs() < 0.2,
+        "{}",
+        w.bits_per_weight()
+    );
 }
 
 #[test]
@@ -423,17 +518,32 @@ fn loads_bitsandbytes_linear4bit_checkpoint() {
     let q = Nf4Weight::from_bnb(&st, "layer", &device).unwrap().unwrap();
     assert!(q.nested.is_some());
     let r = read_fixture(&path);
-    let dense = Tensor::<2>::from_data(TensorData::new(f32s(&r["reference.dense_weight"].1), [32, 64]), &device);
+    let dense = Tensor::<2>::from_data(
+        TensorData::new(f32s(&r["reference.dense_weight"].1), [32, 64]),
+        &device,
+    );
     assert!(max_diff(q.dequantize(), dense) < 1e-6);
     let bias = Tensor::<1>::from_data(TensorData::new(f32s(&r["layer.bias"].1), [32]), &device);
     let mut lin = Linear::from_tensors(Tensor::zeros([0, 64], &device), Some(bias));
     lin.quant = Some(q);
     assert_eq!(lin.dims(), (64, 32));
-    let x = Tensor::<2>::from_data(TensorData::new(f32s(&r["reference.input"].1), [3, 64]), &device);
-    let want = Tensor::<2>::from_data(TensorData::new(f32s(&r["reference.output"].1), [3, 32]), &device);
+    let x = Tensor::<2>::from_data(
+        TensorData::new(f32s(&r["reference.input"].1), [3, 64]),
+        &device,
+    );
+    let want = Tensor::<2>::from_data(
+        TensorData::new(f32s(&r["reference.output"].1), [3, 32]),
+        &device,
+    );
     assert!(max_diff(lin.forward(x), want) < 1e-5);
-    assert!(Nf4Weight::from_bnb(&st, "missing", &device).unwrap().is_none());
-    assert!(nf4::is_bnb_aux_key("layer.weight.quant_state.bitsandbytes__nf4"));
+    assert!(
+        Nf4Weight::from_bnb(&st, "missing", &device)
+            .unwrap()
+            .is_none()
+    );
+    assert!(nf4::is_bnb_aux_key(
+        "layer.weight.quant_state.bitsandbytes__nf4"
+    ));
 }
 
 #[test]
@@ -461,7 +571,10 @@ fn qlora_fine_tuning_reduces_loss() {
             quant_bytes += q.storage_bytes();
         }
     });
-    assert!((quant_bytes as f64) < dense_bytes as f64 * 4.6 / 32.0, "{quant_bytes} vs {dense_bytes}");
+    assert!(
+        (quant_bytes as f64) < dense_bytes as f64 * 4.6 / 32.0,
+        "{quant_bytes} vs {dense_bytes}"
+    );
     let mut cfg = LoraConfig::new(8, 16.0, names(&["up_proj", "down_proj"]));
     cfg.init_lora_weights = lmflow_peft::InitLoraWeights::Bool(true);
     let (mut student, _) = lmflow_peft::get_peft_model(student, &cfg, "default").unwrap();
@@ -485,14 +598,21 @@ fn qlora_fine_tuning_reduces_loss() {
 fn lisa_trains_only_sampled_layers_and_frees_their_state() {
     let device = Device::flex().autodiff();
     let model = Toy::new(8, 16, 6, 11, &device);
-    let mut lisa = Lisa::new(LisaConfig::new(2).with_interval_steps(2).with_seed(7), &model, || {
-        AdamWConfig::new().init()
-    })
+    let mut lisa = Lisa::new(
+        LisaConfig::new(2).with_interval_steps(2).with_seed(7),
+        &model,
+        || AdamWConfig::new().init(),
+    )
     .unwrap();
     assert_eq!(lisa.num_layers(), 6);
     let x = randn([4, 8], &device);
     let mut model = model;
-    let snapshot = |m: &Toy| -> Vec<Vec<f32>> { m.layers.iter().map(|b| vec_of(b.up_proj.weight.val())).collect() };
+    let snapshot = |m: &Toy| -> Vec<Vec<f32>> {
+        m.layers
+            .iter()
+            .map(|b| vec_of(b.up_proj.weight.val()))
+            .collect()
+    };
     let mut max_layer_state = 0;
     for step in 0..8 {
         model = lisa.on_step_begin(model);
@@ -505,9 +625,17 @@ fn lisa_trains_only_sampled_layers_and_frees_their_state() {
         model = lisa.optimizer_step(1e-2, model, grads);
         let after = snapshot(&model);
         for i in 0..6 {
-            assert_eq!(before[i] != after[i], active.contains(&i), "step {step} layer {i} active {active:?}");
+            assert_eq!(
+                before[i] != after[i],
+                active.contains(&i),
+                "step {step} layer {i} active {active:?}"
+            );
         }
-        assert_ne!(vec_of(model.lm_head.weight.val()), head_before, "head always trains");
+        assert_ne!(
+            vec_of(model.lm_head.weight.val()),
+            head_before,
+            "head always trains"
+        );
         let (fixed, layers) = lisa.optimizer_state_len();
         assert!(fixed > 0);
         max_layer_state = max_layer_state.max(layers);
@@ -517,6 +645,11 @@ fn lisa_trains_only_sampled_layers_and_frees_their_state() {
     let (per_param, _) = lisa.optimizer_state_len();
     // Two layers of 4 tensors each (up_proj weight + bias, down_proj weight, norm).
     assert_eq!(max_layer_state, per_param * 2 * 4);
-    let distinct: std::collections::BTreeSet<usize> = lisa.history().iter().flatten().copied().collect();
-    assert!(distinct.len() > 2, "sampling moves between layers: {:?}", lisa.history());
+    let distinct: std::collections::BTreeSet<usize> =
+        lisa.history().iter().flatten().copied().collect();
+    assert!(
+        distinct.len() > 2,
+        "sampling moves between layers: {:?}",
+        lisa.history()
+    );
 }

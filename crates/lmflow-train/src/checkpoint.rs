@@ -93,7 +93,9 @@ pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
             let name = e.file_name().to_string_lossy().into_owned();
             let step: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
             let path = e.path();
-            path.join(TrainerState::FILE).is_file().then_some((step, path))
+            path.join(TrainerState::FILE)
+                .is_file()
+                .then_some((step, path))
         })
         .max_by_key(|(step, _)| *step)
         .map(|(_, p)| p)

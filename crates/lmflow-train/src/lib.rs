@@ -35,11 +35,11 @@ pub mod weights;
 
 pub use checkpoint::TrainerState;
 pub use config::TrainerConfig;
+pub use error::{Result, TrainError};
+pub use lmflow_datasets::TokenizedSample;
+pub use lora_weights::LoraWeights;
+pub use loss::{IGNORE_INDEX, LossOutput, causal_lm_loss};
+pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 pub use stable_ids::assign_stable_param_ids;
 pub use trainer::{TrainEvent, TrainOutcome, Trainer, WeightsIo};
 pub use weights::FullModelWeights;
-pub use error::{Result, TrainError};
-pub use lora_weights::LoraWeights;
-pub use lmflow_datasets::TokenizedSample;
-pub use loss::{IGNORE_INDEX, LossOutput, causal_lm_loss};
-pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};

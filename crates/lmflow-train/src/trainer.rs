@@ -12,14 +12,14 @@ use lmflow_optim::clip::{NormType, clip_grad_norm};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use lmflow_datasets::TokenizedSample;
-use lmflow_datasets::batch::collate;
 use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError, io_err};
 use crate::loss::causal_lm_loss;
 use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 use crate::stable_ids::assign_stable_param_ids;
+use lmflow_datasets::TokenizedSample;
+use lmflow_datasets::batch::collate;
 
 /// How a run writes and reads back the weights it trains (an adapter folder for PEFT runs, a
 /// Hub-layout model folder for full fine-tuning).
@@ -156,7 +156,10 @@ impl Trainer {
             let opt_path = ckpt.join("optimizer.bpk");
             if opt_path.is_file() {
                 let record = burn::optim::OptimizerRecord::load(&opt_path).map_err(|e| {
-                    TrainError::Config(format!("{}: cannot read optimizer state: {e}", opt_path.display()))
+                    TrainError::Config(format!(
+                        "{}: cannot read optimizer state: {e}",
+                        opt_path.display()
+                    ))
                 })?;
                 optim = optim.load_record(record);
             }
@@ -240,8 +243,8 @@ impl Trainer {
 
             let step = state.global_step;
             let last = step == total_steps;
-            let eval_now = eval.is_some()
-                && ((cfg.eval_steps > 0 && step % cfg.eval_steps == 0) || last);
+            let eval_now =
+                eval.is_some() && ((cfg.eval_steps > 0 && step % cfg.eval_steps == 0) || last);
             let eval_loss = match (eval_now, eval) {
                 (true, Some(e)) => Some(self.evaluate(&model, e)?),
                 _ => None,
@@ -257,7 +260,8 @@ impl Trainer {
                 last_train_loss = loss.or(last_train_loss);
                 let record = MetricRecord {
                     step,
-                    epoch: state.epoch as f64 + state.batch_in_epoch as f64 / micro_per_epoch as f64,
+                    epoch: state.epoch as f64
+                        + state.batch_in_epoch as f64 / micro_per_epoch as f64,
                     loss,
                     eval_loss,
                     lr: Some(lr),
@@ -315,7 +319,10 @@ impl Trainer {
         weights.save(model, &weights_dir)?;
         let opt_path = staging.join("optimizer.bpk");
         optim.to_record().save(&opt_path).map_err(|e| {
-            TrainError::Config(format!("{}: cannot write optimizer state: {e}", opt_path.display()))
+            TrainError::Config(format!(
+                "{}: cannot write optimizer state: {e}",
+                opt_path.display()
+            ))
         })?;
         // The state file goes last: a folder without it is never taken for a checkpoint.
         state.save(&staging)?;

@@ -15,7 +15,10 @@ struct Case {
 
 #[test]
 fn loss_matches_torch_cross_entropy_with_ignore_index() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/train/loss.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/train/loss.json"
+    );
     let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let device = Device::flex();
     for case in cases {
@@ -26,7 +29,15 @@ fn loss_matches_torch_cross_entropy_with_ignore_index() {
         assert_eq!(out.tokens, case.tokens);
         let sum: f32 = out.sum.clone().into_scalar();
         let mean: f32 = out.mean().into_scalar();
-        assert!((sum as f64 - case.sum).abs() < 1e-4 * case.sum.abs().max(1.0), "{sum} vs {}", case.sum);
-        assert!((mean as f64 - case.mean).abs() < 1e-5 * case.mean.abs().max(1.0), "{mean} vs {}", case.mean);
+        assert!(
+            (sum as f64 - case.sum).abs() < 1e-4 * case.sum.abs().max(1.0),
+            "{sum} vs {}",
+            case.sum
+        );
+        assert!(
+            (mean as f64 - case.mean).abs() < 1e-5 * case.mean.abs().max(1.0),
+            "{mean} vs {}",
+            case.mean
+        );
     }
 }

@@ -75,20 +75,33 @@ fn training_reduces_loss_writes_metrics_and_resumes_exactly() {
     let full_dir = tempfile::tempdir().unwrap();
     let trainer = Trainer::new(config(full_dir.path(), 8), device.clone(), 0).unwrap();
     let before = trainer.evaluate(&model, &data).unwrap();
-    let full = trainer.train(model.clone(), &io, &data, Some(&data), &mut |_| {}).unwrap();
+    let full = trainer
+        .train(model.clone(), &io, &data, Some(&data), &mut |_| {})
+        .unwrap();
     let after = full.final_eval_loss.unwrap();
     assert!(after < before * 0.8, "loss {before} -> {after}");
     let records = read_metrics(&full_dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(records.len(), 8);
-    assert!(records.iter().all(|r| r.loss.is_some() && r.lr == Some(1e-2)));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.loss.is_some() && r.lr == Some(1e-2))
+    );
     assert!(full_dir.path().join("loss.png").is_file());
     assert!(full_dir.path().join("final/model.safetensors").is_file());
 
     // Interrupted after 4 steps, then resumed to 8: same weights as the uninterrupted run.
     let split_dir = tempfile::tempdir().unwrap();
     let first = Trainer::new(config(split_dir.path(), 4), device.clone(), 0).unwrap();
-    first.train(model.clone(), &io, &data, None, &mut |_| {}).unwrap();
-    assert!(split_dir.path().join("checkpoint-4/trainer_state.json").is_file());
+    first
+        .train(model.clone(), &io, &data, None, &mut |_| {})
+        .unwrap();
+    assert!(
+        split_dir
+            .path()
+            .join("checkpoint-4/trainer_state.json")
+            .is_file()
+    );
     let second = Trainer::new(config(split_dir.path(), 8), device.clone(), 0).unwrap();
     let mut resumed_at = None;
     let resumed = second
@@ -100,9 +113,18 @@ fn training_reduces_loss_writes_metrics_and_resumes_exactly() {
         .unwrap();
     assert_eq!(resumed_at, Some(4));
     let (a, b) = (params(&full.model), params(&resumed.model));
-    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "resumed run differs by {max_diff}");
-    assert_eq!(read_metrics(&split_dir.path().join("metrics.jsonl")).unwrap().len(), 8);
+    assert_eq!(
+        read_metrics(&split_dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .len(),
+        8
+    );
 }
 
 #[test]
@@ -113,6 +135,8 @@ fn empty_training_set_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let trainer = Trainer::new(config(dir.path(), 2), device.clone(), 0).unwrap();
     let io = FullModelWeights::new(cfg, device);
-    let err = trainer.train(model, &io, &[], None, &mut |_| {}).unwrap_err();
+    let err = trainer
+        .train(model, &io, &[], None, &mut |_| {})
+        .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }

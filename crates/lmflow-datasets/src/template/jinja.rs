@@ -393,6 +393,9 @@ impl JinjaTemplate {
             messages.push(Json::Object(o));
         }
         let tools = (!conversation.tools.is_empty()).then_some(conversation.tools.as_slice());
+        if !self.has_generation_markers() {
+            return self.render_by_prefixes(&messages, tools, tokens, add_generation_prompt);
+        }
         let raw = self.render_raw(&messages, tools, tokens, add_generation_prompt)?;
         let mut out = Vec::new();
         let mut trained = false;
@@ -408,6 +411,51 @@ impl JinjaTemplate {
             }
         }
         push_segment(&mut out, &current, trained);
+        Ok(out)
+    }
+}
+
+impl JinjaTemplate {
+    /// Segments of a template without `{% generation %}` markers (most Hub templates).
+    ///
+    /// Each assistant turn's span is found by rendering the conversation up to the turn with
+    /// `add_generation_prompt = true` (the prompt the model sees) and up to the end of the turn:
+    /// when the first is a prefix of the second, the difference is the model's output (content
+    /// plus the template's end-of-turn text) and is trained. This is what a model generates at
+    /// inference, so the end-of-turn token is always learned. A template whose renderings are
+    /// not prefix-consistent is an error rather than a silently wrong mask.
+    fn render_by_prefixes(
+        &self,
+        messages: &[Json],
+        tools: Option<&[Json]>,
+        tokens: &TemplateTokens,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<Segment>> {
+        let full = self.render_messages(messages, tools, tokens, add_generation_prompt)?;
+        let mut out = Vec::new();
+        let mut done = 0usize; // bytes of `full` already assigned to segments
+        for (i, m) in messages.iter().enumerate() {
+            if m.get("role").and_then(Json::as_str) != Some("assistant") {
+                continue;
+            }
+            let prompt = self.render_messages(&messages[..i], tools, tokens, true)?;
+            let through = self.render_messages(&messages[..=i], tools, tokens, false)?;
+            let consistent = through.starts_with(&prompt)
+                && full.starts_with(&through)
+                && prompt.len() >= done;
+            if !consistent {
+                return Err(DatasetError::Conversation(format!(
+                    "chat template `{}` has no {{% generation %}} markers and its renderings of \
+                     prefixes of the conversation are not prefixes of each other (turn {i}); \
+                     use a preset template (--template NAME)",
+                    self.name
+                )));
+            }
+            push_segment(&mut out, &full[done..prompt.len()], false);
+            push_segment(&mut out, &through[prompt.len()..], true);
+            done = through.len();
+        }
+        push_segment(&mut out, &full[done..], false);
         Ok(out)
     }
 }
