@@ -238,7 +238,7 @@ fn qlora_on_a_loaded_model_reports_base_memory() {
     let mut model = load("base", &device);
     let dense_logits = logits(&model, &device);
     let cfg = lmflow_peft::nf4::Nf4Config::new();
-    let (mut dense, mut quant, mut n) = (0usize, 0usize, 0usize);
+    let (mut dense, mut quant, mut data, mut n) = (0usize, 0usize, 0usize, 0usize);
     model.visit_linears_mut(&mut |path, lin| {
         if path == "lm_head" {
             return;
@@ -247,12 +247,19 @@ fn qlora_on_a_loaded_model_reports_base_memory() {
         let q = lin.quant.as_ref().unwrap();
         dense += 4 * q.rows * q.cols;
         quant += q.storage_bytes();
+        data += q.data_bytes();
         n += q.rows * q.cols;
     });
     let bits = 8.0 * quant as f64 / n as f64;
-    eprintln!("NF4 frozen base: {quant} B for {n} weights ({bits:.3} bits/weight; f32 {dense} B)");
-    // The tiny layers are 32-64 wide, so the 1 KiB map per layer weighs in; still < 5 bits.
-    assert!(bits < 5.5, "{bits}");
+    let data_bits = 8.0 * data as f64 / n as f64;
+    eprintln!(
+        "NF4 frozen base: {quant} B for {n} weights ({bits:.3} bits/weight with tables, \
+         {data_bits:.3} without; f32 {dense} B)"
+    );
+    // 4 bits + 8 bits / 64 + 32 bits / (64 * 256) with double quantisation (+ offset and
+    // padding of partial blocks). The constant tables (1 KiB per layer) dominate on these
+    // 1K-weight toy layers, so they are reported, not bounded, here.
+    assert!(data_bits < 4.2, "{data_bits}");
     // Logits stay close to the dense model (NF4 error only).
     let q_logits = logits(&model, &device);
     let d = max_diff(&q_logits, &dense_logits);

@@ -18,6 +18,10 @@ pub enum Metric {
     Nll,
     /// Perplexity `exp(nll_sum / predicted_tokens)`.
     Ppl,
+    /// Accuracy on `input`/`output` instances: multiple choice by log-likelihood when an
+    /// instance has `options`, else greedy generation with answer extraction (see
+    /// `eval_accuracy.rs`).
+    Accuracy,
 }
 
 /// Float dtype of the weights during evaluation.
@@ -51,6 +55,19 @@ pub struct Args {
     /// Samples per forward pass (right-padded).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// nll/ppl: score texts longer than the block with a sliding window moving by this many
+    /// tokens (instead of truncating), as the transformers perplexity guide.
+    #[arg(long)]
+    stride: Option<usize>,
+    /// accuracy: LMFlow answer type for generated answers (gsm8k, multiple_choice, text, ...).
+    #[arg(long, default_value = "text")]
+    answer_type: String,
+    /// accuracy: prompt template; `{input}` is replaced by the instance's input.
+    #[arg(long, default_value = "{input}")]
+    prompt_structure: String,
+    /// accuracy: tokens generated per answer.
+    #[arg(long, default_value_t = 100)]
+    max_new_tokens: usize,
     /// Weight dtype.
     #[arg(long, value_enum, default_value_t)]
     dtype: Dtype,
@@ -73,6 +90,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let pretrained = load_pretrained(&args.model, &device, &opts)
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    if args.metric == Metric::Accuracy {
+        let opts = crate::eval_accuracy::AccuracyOptions {
+            answer_type: &args.answer_type,
+            prompt_structure: &args.prompt_structure,
+            max_new_tokens: args.max_new_tokens,
+            batch_size: args.batch_size,
+        };
+        return crate::eval_accuracy::run(&pretrained, &args.dataset, &opts, &device);
+    }
     let Some(tokenizer) = &pretrained.tokenizer else {
         bail!(
             "{}: no tokenizer.json in the model folder",
@@ -101,16 +127,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let block_size = args
         .block_size
         .unwrap_or_else(|| pretrained.model.max_position_embeddings());
-    let stats = evaluate_nll(
-        &pretrained.model,
-        &sequences,
-        block_size,
-        args.batch_size,
-        &device,
-    )?;
+    let stats = match args.stride {
+        Some(stride) => {
+            let mut total = lmflow_models::eval::NllStats::default();
+            for ids in &sequences {
+                let s = lmflow_infer::eval::sliding_window_nll(
+                    &pretrained.model,
+                    ids,
+                    block_size,
+                    stride,
+                    &device,
+                )?;
+                total.samples += 1;
+                total.nll_sum += s.nll_sum;
+                total.predicted_tokens += s.predicted_tokens;
+            }
+            total
+        }
+        None => evaluate_nll(
+            &pretrained.model,
+            &sequences,
+            block_size,
+            args.batch_size,
+            &device,
+        )?,
+    };
     let metric = match args.metric {
         Metric::Nll => "nll",
         Metric::Ppl => "ppl",
+        Metric::Accuracy => "accuracy",
     };
     let line = serde_json::json!({
         "metric": metric,

@@ -8,8 +8,10 @@ mod chat;
 mod data;
 mod device;
 mod eval;
+mod eval_accuracy;
 mod finetune;
 mod generate;
+mod merge;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
 #[derive(Parser, Debug)]
@@ -31,6 +33,8 @@ enum Command {
     Generate(generate::Args),
     /// Chat interactively with a model using its chat template.
     Chat(chat::Args),
+    /// Merge a LoRA/DoRA adapter into its base model and write a full model folder.
+    Merge(merge::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {

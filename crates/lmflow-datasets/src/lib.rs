@@ -2,7 +2,7 @@
 //!
 //! LMFlow's dataset formats, chat templates, loss masks, packing and batching:
 //!
-//! - [`format`]: the instance types (`text_only`, `text2text`, `conversation`, paired and
+//! - [`format`](mod@format): the instance types (`text_only`, `text2text`, `conversation`, paired and
 //!   list types, `float_only`) parsed with errors naming file, instance and field;
 //! - [`reader`]: LMFlow JSON files, folders of them, streaming JSON Lines; deterministic
 //!   shuffling and train/validation splits;
@@ -12,7 +12,7 @@
 //! - [`tokenize`]: token ids and labels per format, truncation that reports what it cut;
 //! - [`packing`]: best-fit packing with restarting positions and segment ids;
 //! - [`batch`]: Burn tensors ([`batch::Batch`]) and a preference-pair collator;
-//! - [`inspect`]: the library side of `lmflow data inspect` / `lmflow data stats`.
+//! - [`inspect`](mod@inspect): the library side of `lmflow data inspect` / `lmflow data stats`.
 //!
 //! See `docs/datasets.md` for the formats and masking rules.
 //!

@@ -250,16 +250,18 @@ fn label_masks_per_format() {
         let s = e.encode_conversation(&conv).unwrap().sample;
         assert!(s.labels.iter().all(|&l| l != IGNORE_INDEX), "{preset}");
     }
-    // A Jinja template without generation markers trains nothing (unless train_on_prompt).
+    // A Jinja template without generation markers: assistant spans come from prefix
+    // renderings; for the tokenizer's ChatML template they equal the chatml preset's.
     let t = ChatTemplate::from_tokenizer(&tok, None).unwrap();
-    let e = SampleEncoder::new(&tok, Some(&t), cfg).unwrap();
-    assert_eq!(
-        e.encode_conversation(&conv)
-            .unwrap()
-            .sample
-            .trained_tokens(),
-        0
+    let e = SampleEncoder::new(&tok, Some(&t), cfg.clone()).unwrap();
+    let preset = ChatTemplate::preset("chatml").unwrap();
+    let p = SampleEncoder::new(&tok, Some(&preset), cfg).unwrap();
+    let (a, b) = (
+        e.encode_conversation(&conv).unwrap(),
+        p.encode_conversation(&conv).unwrap(),
     );
+    assert_eq!(a.sample, b.sample);
+    assert!(a.sample.trained_tokens() > 0);
 }
 
 #[test]

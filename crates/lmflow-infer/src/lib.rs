@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod loading;
 pub mod processors;

@@ -42,6 +42,25 @@ fn load(model: &str, adapter: Option<&str>, device: &Device) -> lmflow_models::P
     .unwrap()
 }
 
+/// FNV-1a 64 of every `*.safetensors` file of a fixture folder (sorted by name), as hex.
+fn weights_fnv1a(model_dir: &str) -> Value {
+    let dir = fixtures().join(model_dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; rerun tests/fixtures/infer.py", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let hashes = files
+        .iter()
+        .map(|f| {
+            let h = std::fs::read(f).unwrap().iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3));
+            Value::String(format!("{h:016x}"))
+        })
+        .collect();
+    Value::Array(hashes)
+}
+
 #[test]
 fn greedy_matches_transformers_for_every_fixture() {
     let device = Device::flex();
@@ -52,7 +71,13 @@ fn greedy_matches_transformers_for_every_fixture() {
         let name = case["case"].as_str().unwrap();
         let adapter = case["adapter"].as_str();
         seen_adapter |= adapter.is_some();
-        let pretrained = load(case["model"].as_str().unwrap(), adapter, &device);
+        let model_dir = case["model"].as_str().unwrap();
+        assert_eq!(
+            weights_fnv1a(model_dir),
+            case["weights_fnv1a"],
+            "{name}: {model_dir} changed since generate.json was recorded; rerun tests/fixtures/infer.py"
+        );
+        let pretrained = load(model_dir, adapter, &device);
         let mut generator = Generator::new(&pretrained.model, &device);
         if let Some(tok) = &pretrained.tokenizer {
             generator = generator.with_tokenizer(tok);
@@ -420,4 +445,29 @@ fn seeded_sampling_is_reproducible_and_returns_n_sequences() {
             lmflow_infer::FinishReason::StopString
         );
     }
+}
+
+#[test]
+fn sliding_window_nll_and_option_scores_match_transformers() {
+    let device = Device::flex();
+    let fixture = read_json("eval.json");
+    let p = load(fixture["model"].as_str().unwrap(), None, &device);
+    let input = ids(&fixture["input_ids"]);
+    for w in fixture["windows"].as_array().unwrap() {
+        let (max_length, stride) = (w["max_length"].as_u64().unwrap() as usize, w["stride"].as_u64().unwrap() as usize);
+        let stats = lmflow_infer::eval::sliding_window_nll(&p.model, &input, max_length, stride, &device).unwrap();
+        assert_eq!(stats.predicted_tokens as u64, w["predicted_tokens"].as_u64().unwrap(), "window {max_length}/{stride}");
+        let want = w["nll_sum"].as_f64().unwrap();
+        assert!((stats.nll_sum - want).abs() < 1e-3, "window {max_length}/{stride}: {} vs {want}", stats.nll_sum);
+    }
+    assert!(lmflow_infer::eval::sliding_window_nll(&p.model, &input, 8, 9, &device).is_err());
+    let context = ids(&fixture["context"]);
+    let options: Vec<Vec<u32>> = fixture["options"].as_array().unwrap().iter().map(ids).collect();
+    let want: Vec<f64> = fixture["option_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let (best, scores) = lmflow_infer::eval::choose_option(&p.model, &context, &options, &device).unwrap();
+    for (g, w) in scores.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-3, "option log-likelihood {g} vs transformers {w}");
+    }
+    let want_best = (0..want.len()).fold(0, |b, i| if want[i] > want[b] { i } else { b });
+    assert_eq!(best, want_best);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use lmflow_models::{LoadOptions, ModelError, load_pretrained};
 
-const CASES: &[&str] = &["gpt2", "gpt2-legacy", "opt", "opt-post-proj", "opt-nobias"];
+const CASES: &[&str] = &["gpt2", "opt", "opt-post-proj", "opt-nobias"];
 
 fn main() -> Result<(), ModelError> {
     let out = std::env::args()

@@ -5,8 +5,8 @@
 //! files), run it with the same numerics as `transformers`, decode with a KV cache, and save it
 //! back in a layout `transformers` loads.
 //!
-//! Architectures (by `model_type`): `llama`, `mistral`, `qwen2`, `qwen3` ([`llama`]), `gpt2` ([`gpt2`]), `opt` ([`opt`], also Galactica). See
-//! `docs/models.md` for the support matrix.
+//! Architectures (by `model_type`): `llama`, `mistral`, `qwen2`, `qwen3` ([`llama`]), `gpt2`
+//! ([`gpt2`]), `opt` ([`opt`], also Galactica). See `docs/models.md` for the support matrix.
 //!
 //! ```
 //! use burn::tensor::{Device, Int, Tensor};

@@ -257,13 +257,14 @@ impl RopeConfig {
                     .map(|f| {
                         // torch: wavelen = 2 * pi / inv_freq in f32.
                         let wavelen = (2.0 * std::f64::consts::PI) as f32 / f;
-                        let wavelen64 = wavelen as f64;
-                        let scaled = if wavelen64 > low_wavelen {
+                        // torch compares the f32 tensor with Python floats in f32.
+                        let (low_w, high_w) = (low_wavelen as f32, high_wavelen as f32);
+                        let scaled = if wavelen > low_w {
                             f / *factor as f32
                         } else {
                             f
                         };
-                        let medium = !(wavelen64 < high_wavelen) && !(wavelen64 > low_wavelen);
+                        let medium = wavelen >= high_w && wavelen <= low_w;
                         if medium {
                             let smooth = ((old as f32 / wavelen) - *low_freq_factor as f32)
                                 / (*high_freq_factor as f32 - *low_freq_factor as f32);

@@ -78,6 +78,9 @@ pub enum TokenizerError {
     },
 }
 
+/// Token ids with the byte range of the text each token covers.
+pub type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Result alias for tokenizer operations.
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
 
@@ -341,7 +344,7 @@ impl Tokenizer {
         &self,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    ) -> Result<IdsWithOffsets> {
         let enc = self
             .inner
             .encode(text, add_special_tokens)

@@ -104,7 +104,10 @@ fn logits_match_transformers_for_every_case() {
         let p = load(case, &device);
         assert_eq!(p.model.model_type(), info["model_type"].as_str().unwrap());
         // One sequence.
-        let got = forward_logits(&p.model, ForwardInput::new(int2(&[long.clone()], &device)));
+        let got = forward_logits(
+            &p.model,
+            ForwardInput::new(int2(std::slice::from_ref(&long), &device)),
+        );
         let (want, shape) = ref_logits(case, "logits_long");
         assert_eq!(shape, vec![long.len(), p.model.vocab_size()]);
         let err = max_abs(&got, &want);
@@ -142,7 +145,10 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
         "qwen2",
     ] {
         let p = load(case, &device);
-        let full = forward_logits(&p.model, ForwardInput::new(int2(&[long.clone()], &device)));
+        let full = forward_logits(
+            &p.model,
+            ForwardInput::new(int2(std::slice::from_ref(&long), &device)),
+        );
         let v = p.model.vocab_size();
         // Prefill 6 tokens, then one at a time.
         let mut cache = p.model.new_cache(long.len());
@@ -159,11 +165,11 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
             got,
             "{case}: prefill with cache"
         );
-        for t in 6..long.len() {
+        for &token in &long[6..] {
             let step = p
                 .model
                 .forward(
-                    ForwardInput::new(int2(&[vec![long[t]]], &device)),
+                    ForwardInput::new(int2(&[vec![token]], &device)),
                     Some(&mut cache),
                 )
                 .unwrap();
@@ -238,7 +244,10 @@ fn bf16_checkpoint_loads_in_f32_and_bf16() {
     let dir = fixtures().join("llama_bf16");
     // Stored bf16 -> f32: the reference is the same bf16 weights computed in f32.
     let p = load("llama_bf16", &device);
-    let got = forward_logits(&p.model, ForwardInput::new(int2(&[long.clone()], &device)));
+    let got = forward_logits(
+        &p.model,
+        ForwardInput::new(int2(std::slice::from_ref(&long), &device)),
+    );
     let (want, _) = ref_logits("llama_bf16", "logits_long");
     assert!(max_abs(&got, &want) <= TOL);
     // Kept in bf16: compared with transformers computing in bf16 (bf16 rounding differs in
@@ -250,7 +259,10 @@ fn bf16_checkpoint_loads_in_f32_and_bf16() {
     let p16 = load_pretrained(&dir, &device, &opts).unwrap();
     let out = p16
         .model
-        .forward(ForwardInput::new(int2(&[long.clone()], &device)), None)
+        .forward(
+            ForwardInput::new(int2(std::slice::from_ref(&long), &device)),
+            None,
+        )
         .unwrap();
     assert_eq!(out.logits.dtype(), burn::tensor::DType::BF16);
     let got16 = to_vec(out.logits);
@@ -299,7 +311,7 @@ fn save_then_load_is_exact_and_keeps_hub_layout() {
         let mut names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, src.names(), "{case}: tensor names");
-        let x = ForwardInput::new(int2(&[long.clone()], &device));
+        let x = ForwardInput::new(int2(std::slice::from_ref(&long), &device));
         assert_eq!(
             forward_logits(&p.model, x.clone()),
             forward_logits(&q.model, x),

@@ -108,8 +108,64 @@ fn max_diff_valid(a: &[f32], b: &[f64], width: usize, mask: Option<&RefTensor>) 
     worst
 }
 
+/// The `gpt2` fixture rewritten in the original Hub layout (as `openai-community/gpt2` ships):
+/// no `transformer.` prefix, no `lm_head.weight`, plus the `h.N.attn.bias` causal-mask
+/// buffers. `models_gpt2_opt.py` checks that `transformers` reads this layout as the same model.
+fn legacy_gpt2_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = fixtures().join("gpt2");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-legacy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| k != "lm_head.weight")
+            .map(|(k, v)| {
+                let name = k.strip_prefix("transformer.").unwrap_or(&k).to_string();
+                (name, v.dtype(), v.shape().to_vec(), v.data().to_vec())
+            })
+            .collect();
+        let n = 64;
+        let tril: Vec<u8> = (0..n * n)
+            .flat_map(|i| if i % n <= i / n { 1.0f32 } else { 0.0 }.to_le_bytes())
+            .collect();
+        for layer in 0..2 {
+            let name = format!("h.{layer}.attn.bias");
+            tensors.push((
+                name,
+                safetensors::Dtype::F32,
+                vec![1, 1, n, n],
+                tril.clone(),
+            ));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(k, dtype, shape, data)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+                (k.clone(), view.unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(src.join(file), dir.join(file)).unwrap();
+        }
+        dir
+    })
+}
+
+fn case_dir(case: &str) -> PathBuf {
+    if case == "gpt2-legacy" {
+        legacy_gpt2_dir().to_path_buf()
+    } else {
+        fixtures().join(case)
+    }
+}
+
 fn load(case: &str, device: &Device) -> Pretrained {
-    load_pretrained(&fixtures().join(case), device, &LoadOptions::default())
+    load_pretrained(&case_dir(case), device, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("{case}: {e}"))
 }
 
@@ -291,7 +347,7 @@ fn save_load_round_trip_is_exact() {
         original.save(&dir).unwrap();
         // Hub names: the folder transformers wrote (the `transformer.` form for legacy GPT-2,
         // without its causal-mask buffers).
-        let expected: Vec<String> = checkpoint_names(&fixtures().join(case))
+        let expected: Vec<String> = checkpoint_names(&case_dir(case))
             .into_iter()
             .filter(|n| !n.ends_with(".attn.bias"))
             .map(|n| {
@@ -550,5 +606,55 @@ fn greedy_decoding_matches_transformers_generate() {
             &device,
         );
         assert_eq!(got, ids(&batch["output_ids"]), "{case}: left-padded batch");
+    }
+}
+
+#[test]
+fn bf16_weights_stay_close_to_f32_reference() {
+    let device = Device::flex();
+    let opts = LoadOptions {
+        dtype: Some(burn::tensor::FloatDType::BF16),
+        ..LoadOptions::default()
+    };
+    for case in ["gpt2", "opt-post-proj"] {
+        let model = load_pretrained(&case_dir(case), &device, &opts)
+            .unwrap()
+            .model;
+        let r = read_reference(case);
+        let out = model.forward(input_for(&r, "left", &device), None).unwrap();
+        assert_eq!(out.logits.dtype(), burn::tensor::DType::BF16, "{case}");
+        let v = out.logits.dims()[2];
+        let reference = &r["left.logits"];
+        let d = max_diff_valid(
+            &values(out.logits),
+            &reference.values,
+            v,
+            r.get("left.attention_mask"),
+        );
+        // bf16 keeps ~3 significant digits; logits are O(5).
+        assert!(d < 0.15, "{case}: bf16 logits differ by {d}");
+    }
+}
+
+#[test]
+fn gradients_reach_tied_embeddings_and_positions() {
+    let device = Device::flex().autodiff();
+    for case in ["gpt2", "opt-post-proj"] {
+        let model = load(case, &device).model;
+        let ids = Tensor::<2, Int>::from_ints([[3, 50, 60, 70]], &device);
+        let out = model.forward(ForwardInput::new(ids), None).unwrap();
+        let grads = out.logits.powi_scalar(2).mean().backward();
+        let (tokens, positions) = match &model {
+            CausalLm::Gpt2(m) => (m.wte.val(), m.wpe.val()),
+            CausalLm::Opt(m) => (m.embed_tokens.val(), m.embed_positions.val()),
+            CausalLm::Llama(_) => unreachable!(),
+        };
+        for (what, param) in [("token embedding", tokens), ("positions", positions)] {
+            let g = param
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{case}: no {what} grad"));
+            let norm: f32 = g.abs().sum().into_scalar();
+            assert!(norm > 0.0, "{case}: zero {what} gradient");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //!   (AdaBelief, AdaBound, LARS, Adamax, NAdam, RAdam, AdamP, SGDP, Yogi, SophiaG, NovoGrad,
 //!   Adadelta, schedule-free AdamW and SGD, `dummy`), each a Burn
 //!   [`Optimizer`](burn::optim::Optimizer) with an `XConfig` whose defaults are the reference
-//!   implementation's, 8-bit AdamW state is not provided yet.
+//!   implementation's, plus [`optimizers::AdamW8bit`] with 8-bit blockwise moments.
 //! - [`registry`]: [`OptimizerConfig`] builds any of these or Burn's own optimizers from a name
 //!   plus parameters (JSON), giving a [`BuiltOptimizer`] around a Burn `ModuleOptimizer`.
 //! - [`groups`]: no weight decay for biases and norm weights, learning-rate ratios per group

@@ -182,6 +182,24 @@ spec! {
 }
 
 spec! {
+    /// `adamw_8bit` (AdamW with 8-bit blockwise state; defaults of bitsandbytes' `AdamW8bit`).
+    AdamW8bitSpec {
+        /// Learning rate (default 1e-3).
+        lr: f64 = 1e-3,
+        /// Moment decays (default [0.9, 0.999]).
+        betas: [f64; 2] = [0.9, 0.999],
+        /// Denominator epsilon (default 1e-8).
+        eps: f64 = 1e-8,
+        /// Decoupled weight decay (default 1e-2).
+        weight_decay: f64 = 1e-2,
+        /// Elements per quantisation block (default 256).
+        block_size: usize = 256,
+        /// Tensors smaller than this keep f32 state (default 4096).
+        min_8bit_size: usize = 4096,
+    }
+}
+
+spec! {
     /// `adamax` (`torch.optim.Adamax`).
     AdamaxSpec {
         /// Learning rate (default 2e-3).
@@ -460,6 +478,9 @@ pub enum OptimizerConfig {
     /// AdamW (Burn).
     #[serde(rename = "adamw")]
     AdamW(AdamSpec),
+    /// AdamW with 8-bit state.
+    #[serde(rename = "adamw_8bit")]
+    AdamW8bit(AdamW8bitSpec),
     /// Adagrad (Burn).
     #[serde(rename = "adagrad")]
     Adagrad(AdagradSpec),
@@ -533,6 +554,7 @@ pub const OPTIMIZER_NAMES: &[&str] = &[
     "sgd",
     "adam",
     "adamw",
+    "adamw_8bit",
     "adagrad",
     "rmsprop",
     "lion",
@@ -651,6 +673,7 @@ impl OptimizerConfig {
             Sgd(_) => "sgd",
             Adam(_) => "adam",
             AdamW(_) => "adamw",
+            AdamW8bit(_) => "adamw_8bit",
             Adagrad(_) => "adagrad",
             RmsProp(_) => "rmsprop",
             Lion(_) => "lion",
@@ -682,6 +705,7 @@ impl OptimizerConfig {
         match self {
             Sgd(s) => s.lr,
             Adam(s) | AdamW(s) => s.lr,
+            AdamW8bit(s) => s.lr,
             Adagrad(s) => s.lr,
             RmsProp(s) => s.lr,
             Lion(s) => s.lr,
@@ -745,6 +769,16 @@ impl OptimizerConfig {
                     .with_epsilon(s.eps as f32)
                     .with_amsgrad(s.amsgrad)
                     .with_weight_decay(wd as f32)
+                    .build()
+            })?,
+            AdamW8bit(s) => groups.assemble(s.weight_decay, |wd| {
+                AdamW8bitConfig::new()
+                    .with_beta_1(s.betas[0])
+                    .with_beta_2(s.betas[1])
+                    .with_epsilon(s.eps)
+                    .with_weight_decay(wd)
+                    .with_block_size(s.block_size)
+                    .with_min_8bit_size(s.min_8bit_size)
                     .build()
             })?,
             Adagrad(s) => groups.assemble(s.weight_decay, |wd| {

@@ -3,7 +3,7 @@
 //! A [`LrSchedule`] is pure arithmetic: [`LrSchedule::lr`] gives the learning rate used for the
 //! optimizer update number `step` (0-based), exactly as HF's `LambdaLR` does after `step`
 //! calls of `scheduler.step()`. It also implements Burn's
-//! [`LrScheduler`](burn::lr_scheduler::LrScheduler) so it can drive a Burn `Learner`.
+//! [`LrScheduler`] so it can drive a Burn `Learner`.
 
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::LearningRate;

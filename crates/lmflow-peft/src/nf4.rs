@@ -155,10 +155,11 @@ pub fn dynamic_map() -> Vec<f32> {
         let half = steps / 2;
         (0..steps)
             .map(|i| {
+                // torch's vectorised kernel evaluates these as fused multiply-adds.
                 if i < half {
-                    start + step * i as f32
+                    step.mul_add(i as f32, start)
                 } else {
-                    end - step * (steps - i - 1) as f32
+                    (-step).mul_add((steps - i - 1) as f32, end)
                 }
             })
             .collect()
@@ -316,6 +317,19 @@ impl Nf4Weight {
         dense
             .slice(0..self.rows * self.cols)
             .reshape([self.rows, self.cols])
+    }
+
+    /// Bytes of the per-weight data only: packed codes and (quantised) absmax values,
+    /// without the constant lookup tables (16-entry NF4 map, 256-entry nested map).
+    pub fn data_bytes(&self) -> usize {
+        let mut bytes = self.packed.dims()[0];
+        if let Some(a) = &self.absmax {
+            bytes += 4 * a.dims()[0];
+        }
+        if let Some(n) = &self.nested {
+            bytes += n.codes.dims()[0] + 4 * n.absmax.dims()[0] + 8;
+        }
+        bytes
     }
 
     /// Bytes this weight occupies on the device (codes, absmax, tables).

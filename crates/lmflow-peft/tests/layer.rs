@@ -572,7 +572,7 @@ fn qlora_fine_tuning_reduces_loss() {
         }
     });
     assert!(
-        (quant_bytes as f64) < dense_bytes as f64 * 4.6 / 32.0,
+        (quant_bytes as f64) < dense_bytes as f64 * 5.5 / 32.0, // 4.13 bits + the 1 KiB nested map per toy layer
         "{quant_bytes} vs {dense_bytes}"
     );
     let mut cfg = LoraConfig::new(8, 16.0, names(&["up_proj", "down_proj"]));

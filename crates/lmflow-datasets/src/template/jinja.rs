@@ -440,9 +440,8 @@ impl JinjaTemplate {
             }
             let prompt = self.render_messages(&messages[..i], tools, tokens, true)?;
             let through = self.render_messages(&messages[..=i], tools, tokens, false)?;
-            let consistent = through.starts_with(&prompt)
-                && full.starts_with(&through)
-                && prompt.len() >= done;
+            let consistent =
+                through.starts_with(&prompt) && full.starts_with(&through) && prompt.len() >= done;
             if !consistent {
                 return Err(DatasetError::Conversation(format!(
                     "chat template `{}` has no {{% generation %}} markers and its renderings of \

@@ -7,8 +7,8 @@
 //!   headers, user, system and observation turns are not);
 //! - Jinja templates ([`JinjaTemplate`]), e.g. a tokenizer's `chat_template`, rendered with
 //!   `minijinja` the way `transformers`' `apply_chat_template` does; trained spans are the
-//!   `{% generation %}...{% endgeneration %}` blocks (templates without them train nothing
-//!   unless `train_on_prompt`, see [`crate::tokenize`]).
+//!   `{% generation %}...{% endgeneration %}` blocks, or, for templates without them, the
+//!   text each assistant turn adds after the generation prompt.
 //!
 //! `qwen2_5` and `qwen3` presets are Jinja templates with generation markers, as in LMFlow.
 
