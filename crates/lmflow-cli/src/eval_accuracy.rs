@@ -31,28 +31,44 @@ pub struct AccuracyOptions<'a> {
 }
 
 fn read_instances(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if let Ok(v) = serde_json::from_str::<Value>(&text) {
         return match v.get("instances").and_then(Value::as_array) {
             Some(a) => Ok(a.clone()),
-            None => bail!("{}: expected a JSON object with an \"instances\" list", path.display()),
+            None => bail!(
+                "{}: expected a JSON object with an \"instances\" list",
+                path.display()
+            ),
         };
     }
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))
+        })
         .collect()
 }
 
 fn field<'v>(v: &'v Value, key: &str, i: usize) -> anyhow::Result<&'v Value> {
-    v.get(key).with_context(|| format!("instance {i}: missing \"{key}\""))
+    v.get(key)
+        .with_context(|| format!("instance {i}: missing \"{key}\""))
 }
 
 /// Computes accuracy and prints one JSON line.
-pub fn run(pretrained: &Pretrained, dataset: &Path, opts: &AccuracyOptions<'_>, device: &Device) -> anyhow::Result<()> {
+pub fn run(
+    pretrained: &Pretrained,
+    dataset: &Path,
+    opts: &AccuracyOptions<'_>,
+    device: &Device,
+) -> anyhow::Result<()> {
     let Some(tokenizer) = &pretrained.tokenizer else {
-        bail!("{}: no tokenizer.json in the model folder", pretrained.dir.display());
+        bail!(
+            "{}: no tokenizer.json in the model folder",
+            pretrained.dir.display()
+        );
     };
     let instances = read_instances(dataset)?;
     if instances.is_empty() {
@@ -62,7 +78,9 @@ pub fn run(pretrained: &Pretrained, dataset: &Path, opts: &AccuracyOptions<'_>, 
     let mut pending: Vec<(Vec<u32>, String)> = Vec::new();
     let mut mode = None;
     for (i, inst) in instances.iter().enumerate() {
-        let input = field(inst, "input", i)?.as_str().with_context(|| format!("instance {i}: \"input\" is not a string"))?;
+        let input = field(inst, "input", i)?
+            .as_str()
+            .with_context(|| format!("instance {i}: \"input\" is not a string"))?;
         let prompt = opts.prompt_structure.replace("{input}", input);
         let prompt_ids = tokenizer.encode(&prompt, true)?;
         let output = field(inst, "output", i)?;
@@ -76,13 +94,20 @@ pub fn run(pretrained: &Pretrained, dataset: &Path, opts: &AccuracyOptions<'_>, 
                 if texts.len() != options.len() || texts.is_empty() {
                     bail!("instance {i}: \"options\" must be a non-empty list of strings");
                 }
-                let ids = texts.iter().map(|t| tokenizer.encode(t, false)).collect::<Result<Vec<_>, _>>()?;
+                let ids = texts
+                    .iter()
+                    .map(|t| tokenizer.encode(t, false))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let gold = match output {
                     Value::Number(n) => n.as_u64().map(|n| n as usize),
                     Value::String(s) => texts.iter().position(|t| t == s),
                     _ => None,
                 }
-                .with_context(|| format!("instance {i}: \"output\" is neither an option index nor an option's text"))?;
+                .with_context(|| {
+                    format!(
+                        "instance {i}: \"output\" is neither an option index nor an option's text"
+                    )
+                })?;
                 let (best, _) = choose_option(&pretrained.model, &prompt_ids, &ids, device)?;
                 correct += usize::from(best == gold);
             }
@@ -102,7 +127,10 @@ pub fn run(pretrained: &Pretrained, dataset: &Path, opts: &AccuracyOptions<'_>, 
     if !pending.is_empty() {
         let eos = tokenizer.eos_token_ids().to_vec();
         let config = GenerationConfig {
-            pad_token_id: tokenizer.pad_token_id().or(eos.first().copied()).unwrap_or(0),
+            pad_token_id: tokenizer
+                .pad_token_id()
+                .or(eos.first().copied())
+                .unwrap_or(0),
             eos_token_ids: eos,
             ..GenerationConfig::greedy(opts.max_new_tokens)
         };

@@ -97,6 +97,10 @@ pub struct Args {
     /// Start afresh even when the output folder holds checkpoints.
     #[arg(long)]
     no_resume: bool,
+    /// After training, answer this many evaluation (else training) conversations greedily and
+    /// show the answers (0: none).
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -330,6 +334,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.full {
         lmflow_models::model::copy_tokenizer_files(&args.model, &outcome.final_dir)?;
     }
+    let samples = if args.samples > 0 {
+        let path = args.eval_dataset.as_ref().unwrap_or(&args.dataset);
+        sample_answers(
+            &outcome.model,
+            tokenizer,
+            template.as_ref(),
+            path,
+            args.samples,
+            &resolve(args.device)?,
+        )?
+    } else {
+        Vec::new()
+    };
+    for s in &samples {
+        eprintln!(
+            "Q: {}\nA: {}\n",
+            s["prompt"].as_str().unwrap_or(""),
+            s["answer"].as_str().unwrap_or("")
+        );
+    }
     let summary = serde_json::json!({
         "output": args.output,
         "final": outcome.final_dir,
@@ -341,7 +365,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "eval_loss_after": outcome.final_eval_loss,
         "metrics": args.output.join("metrics.jsonl"),
         "loss_curve": args.output.join("loss.png"),
+        "samples": samples,
     });
     println!("{summary}");
     Ok(())
+}
+
+/// Greedy answers of the trained model to the first `n` conversations of a dataset (the last
+/// assistant turn removed), for a quick look at what training did.
+fn sample_answers(
+    model: &lmflow_models::CausalLm,
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    path: &Path,
+    n: usize,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use burn::module::Module;
+    use lmflow_datasets::{Instance, TemplateTokens};
+    use lmflow_infer::{GenerationConfig, Generator};
+
+    let Some(template) = template else {
+        return Ok(Vec::new());
+    };
+    let dataset = read_dataset(path, &ReadOptions::default())?;
+    let tokens = TemplateTokens::from_tokenizer(tokenizer);
+    let mut prompts = Vec::new();
+    let mut questions = Vec::new();
+    for instance in dataset.instances.iter().take(n) {
+        let Instance::Conversation(c) = instance else {
+            continue;
+        };
+        let mut c = c.clone();
+        while c.messages.last().is_some_and(|m| m.role.is_model_output()) {
+            c.messages.pop();
+        }
+        let Some(question) = c.messages.last().map(|m| m.content.clone()) else {
+            continue;
+        };
+        let text = template.render_text(&c, &tokens, true)?;
+        prompts.push(tokenizer.encode(&text, false)?);
+        questions.push(question);
+    }
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let model = model.valid();
+    let config = GenerationConfig {
+        eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+        pad_token_id: tokenizer
+            .pad_token_id()
+            .or(tokenizer.eos_token_id())
+            .unwrap_or(0),
+        ..GenerationConfig::greedy(32)
+    };
+    let outputs = Generator::new(&model, device)
+        .with_tokenizer(tokenizer)
+        .generate(&prompts, &config)?;
+    Ok(questions
+        .into_iter()
+        .zip(outputs)
+        .map(|(q, o)| serde_json::json!({"prompt": q, "answer": o.text.unwrap_or_default().trim()}))
+        .collect())
 }

@@ -17,17 +17,29 @@ use lmflow_models::LoadOptions;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model_dir = PathBuf::from(args.first().ok_or("usage: bench_generate MODEL_DIR [BATCH] [PROMPT_LEN] [NEW_TOKENS] [REPEATS]")?);
+    let model_dir = PathBuf::from(
+        args.first()
+            .ok_or("usage: bench_generate MODEL_DIR [BATCH] [PROMPT_LEN] [NEW_TOKENS] [REPEATS]")?,
+    );
     let arg = |i: usize, default: usize| -> Result<usize, Box<dyn std::error::Error>> {
-        Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(default))
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
     };
-    let (batch, prompt_len, new_tokens, repeats) = (arg(1, 1)?, arg(2, 128)?, arg(3, 64)?, arg(4, 3)?);
+    let (batch, prompt_len, new_tokens, repeats) =
+        (arg(1, 1)?, arg(2, 128)?, arg(3, 64)?, arg(4, 3)?);
     let device = Device::flex();
     let pretrained = load_model(&model_dir, None, &LoadOptions::default(), &device)?;
     let vocab = pretrained.model.vocab_size() as u64;
     let mut rng = SeededRng::new(0);
     let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|_| (0..prompt_len).map(|_| (3 + rng.next_u64() % (vocab - 3)) as u32).collect())
+        .map(|_| {
+            (0..prompt_len)
+                .map(|_| (3 + rng.next_u64() % (vocab - 3)) as u32)
+                .collect()
+        })
         .collect();
     let generator = Generator::new(&pretrained.model, &device);
     let time = |n: usize| -> Result<f64, Box<dyn std::error::Error>> {

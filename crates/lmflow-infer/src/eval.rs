@@ -20,7 +20,9 @@ pub fn token_logprobs(model: &CausalLm, ids: &[u32], device: &Device) -> Result<
     }
     let n = ids.len();
     let input = ids_tensor(&[ids.iter().map(|&t| t as i64).collect()], device);
-    let logits = model.forward(ForwardInput::new(input.clone()), None)?.logits;
+    let logits = model
+        .forward(ForwardInput::new(input.clone()), None)?
+        .logits;
     let vocab = logits.dims()[2];
     let logp = log_softmax(logits.slice([0..1, 0..n - 1, 0..vocab]).cast(DType::F32), 2);
     let targets = input.slice([0..1, 1..n]).reshape([1, n - 1, 1]);
@@ -28,7 +30,10 @@ pub fn token_logprobs(model: &CausalLm, ids: &[u32], device: &Device) -> Result<
         .gather(2, targets)
         .into_data()
         .try_into_vec_as::<f32>()
-        .map_err(|e| InferError::Tensor { name: "log-probabilities", reason: format!("{e:?}") })?;
+        .map_err(|e| InferError::Tensor {
+            name: "log-probabilities",
+            reason: format!("{e:?}"),
+        })?;
     Ok(picked.into_iter().map(f64::from).collect())
 }
 
@@ -40,14 +45,23 @@ pub fn token_logprobs(model: &CausalLm, ids: &[u32], device: &Device) -> Result<
 ///
 /// # Errors
 /// `stride == 0` or `stride > max_length`, or a model error.
-pub fn sliding_window_nll(model: &CausalLm, ids: &[u32], max_length: usize, stride: usize, device: &Device) -> Result<NllStats> {
+pub fn sliding_window_nll(
+    model: &CausalLm,
+    ids: &[u32],
+    max_length: usize,
+    stride: usize,
+    device: &Device,
+) -> Result<NllStats> {
     if stride == 0 || stride > max_length {
         return Err(InferError::InvalidConfig {
             field: "stride",
             reason: format!("must be in 1..={max_length} (the window), got {stride}"),
         });
     }
-    let mut stats = NllStats { samples: 1, ..NllStats::default() };
+    let mut stats = NllStats {
+        samples: 1,
+        ..NllStats::default()
+    };
     let mut prev_end = 0usize;
     let mut begin = 0usize;
     while begin < ids.len() {
@@ -74,9 +88,17 @@ pub fn sliding_window_nll(model: &CausalLm, ids: &[u32], max_length: usize, stri
 ///
 /// # Errors
 /// An empty context, or a model error.
-pub fn continuation_logprob(model: &CausalLm, context: &[u32], option: &[u32], device: &Device) -> Result<f64> {
+pub fn continuation_logprob(
+    model: &CausalLm,
+    context: &[u32],
+    option: &[u32],
+    device: &Device,
+) -> Result<f64> {
     if context.is_empty() {
-        return Err(InferError::InvalidInput { index: 0, reason: "empty context".into() });
+        return Err(InferError::InvalidInput {
+            index: 0,
+            reason: "empty context".into(),
+        });
     }
     let mut ids = context.to_vec();
     ids.extend_from_slice(option);
@@ -89,9 +111,17 @@ pub fn continuation_logprob(model: &CausalLm, context: &[u32], option: &[u32], d
 ///
 /// # Errors
 /// No options, or as [`continuation_logprob`].
-pub fn choose_option(model: &CausalLm, context: &[u32], options: &[Vec<u32>], device: &Device) -> Result<(usize, Vec<f64>)> {
+pub fn choose_option(
+    model: &CausalLm,
+    context: &[u32],
+    options: &[Vec<u32>],
+    device: &Device,
+) -> Result<(usize, Vec<f64>)> {
     if options.is_empty() {
-        return Err(InferError::InvalidInput { index: 0, reason: "no options".into() });
+        return Err(InferError::InvalidInput {
+            index: 0,
+            reason: "no options".into(),
+        });
     }
     let scores = options
         .iter()
@@ -108,8 +138,19 @@ pub fn choose_option(model: &CausalLm, context: &[u32], options: &[Vec<u32>], de
 
 /// Answer types of LMFlow's `answer_extraction` supported here.
 pub const ANSWER_TYPES: &[&str] = &[
-    "gsm8k", "svamp", "asdiv", "addsub", "singleeq", "multiarith", "math", "aqua", "csqa", "multiple_choice",
-    "strategyqa", "coin_flip", "text",
+    "gsm8k",
+    "svamp",
+    "asdiv",
+    "addsub",
+    "singleeq",
+    "multiarith",
+    "math",
+    "aqua",
+    "csqa",
+    "multiple_choice",
+    "strategyqa",
+    "coin_flip",
+    "text",
 ];
 
 fn regex(pattern: &str) -> Regex {
@@ -131,19 +172,32 @@ pub fn extract_answer(response: &str, answer_type: &str) -> Result<String> {
     let candidates: Vec<String> = match answer_type {
         "gsm8k" | "svamp" | "asdiv" | "addsub" | "singleeq" | "multiarith" | "math" => {
             let text = response.replace(',', "");
-            regex(r"-?\d+\.?\d*").find_iter(&text).map(|m| m.as_str().to_string()).collect()
+            regex(r"-?\d+\.?\d*")
+                .find_iter(&text)
+                .map(|m| m.as_str().to_string())
+                .collect()
         }
-        "aqua" | "csqa" | "multiple_choice" => regex("A|B|C|D|E").find_iter(response).map(|m| m.as_str().to_string()).collect(),
+        "aqua" | "csqa" | "multiple_choice" => regex("A|B|C|D|E")
+            .find_iter(response)
+            .map(|m| m.as_str().to_string())
+            .collect(),
         "strategyqa" | "coin_flip" => {
             let lower = response.to_lowercase();
             let cleaned = regex(r#""|'|\n|\.|\s|:|,"#).replace_all(&lower, " ");
-            cleaned.split(' ').filter(|w| *w == "yes" || *w == "no").map(str::to_string).collect()
+            cleaned
+                .split(' ')
+                .filter(|w| *w == "yes" || *w == "no")
+                .map(str::to_string)
+                .collect()
         }
         "text" => return Ok(response.to_string()),
         other => {
             return Err(InferError::InvalidConfig {
                 field: "answer_type",
-                reason: format!("unsupported `{other}` (supported: {})", ANSWER_TYPES.join(", ")),
+                reason: format!(
+                    "unsupported `{other}` (supported: {})",
+                    ANSWER_TYPES.join(", ")
+                ),
             });
         }
     };
@@ -165,7 +219,10 @@ pub fn extract_answer(response: &str, answer_type: &str) -> Result<String> {
 /// LMFlow's `_match`: case-insensitive for `strategyqa`, `coin_flip` (and LMFlow's medical
 /// types), exact otherwise.
 pub fn answers_match(predicted: &str, truth: &str, answer_type: &str) -> bool {
-    if matches!(answer_type, "strategyqa" | "coin_flip" | "pubmedqa" | "binary_choice" | "medmcqa" | "usmle") {
+    if matches!(
+        answer_type,
+        "strategyqa" | "coin_flip" | "pubmedqa" | "binary_choice" | "medmcqa" | "usmle"
+    ) {
         predicted.to_lowercase() == truth.to_lowercase()
     } else {
         predicted == truth
@@ -178,14 +235,23 @@ mod tests {
 
     #[test]
     fn answer_extraction_follows_lmflow() {
-        assert_eq!(extract_answer("so 1,234 apples and 12.5 pears", "math").unwrap(), "12.5");
+        assert_eq!(
+            extract_answer("so 1,234 apples and 12.5 pears", "math").unwrap(),
+            "12.5"
+        );
         assert_eq!(extract_answer("The answer is 42.", "gsm8k").unwrap(), "42");
         assert_eq!(extract_answer("about 2.5", "gsm8k").unwrap(), "2");
         assert_eq!(extract_answer("about 3.5", "svamp").unwrap(), "4");
         assert_eq!(extract_answer("no number", "gsm8k").unwrap(), "");
         assert_eq!(extract_answer("-7 degrees", "asdiv").unwrap(), "-7");
-        assert_eq!(extract_answer("I pick B, no wait, D", "multiple_choice").unwrap(), "D");
-        assert_eq!(extract_answer("Yes. Actually: no.", "strategyqa").unwrap(), "no");
+        assert_eq!(
+            extract_answer("I pick B, no wait, D", "multiple_choice").unwrap(),
+            "D"
+        );
+        assert_eq!(
+            extract_answer("Yes. Actually: no.", "strategyqa").unwrap(),
+            "no"
+        );
         assert_eq!(extract_answer(" whatever ", "text").unwrap(), " whatever ");
         assert!(extract_answer("x", "unknown").is_err());
         assert!(answers_match("Yes", "yes", "coin_flip"));

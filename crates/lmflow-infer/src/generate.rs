@@ -311,11 +311,9 @@ impl<'a> Generator<'a> {
         seq: usize,
     ) -> Result<Tensor<2>> {
         let hidden = self.model.forward_hidden(input, Some(cache))?;
-        let [batch, _, d] = hidden.dims();
-        let last = hidden.slice(s![.., seq - 1..seq, ..]);
-        let logits = self.model.logits(last);
+        let batch = hidden.dims()[0];
+        let logits = self.model.logits(hidden.slice(s![.., seq - 1..seq, ..]));
         let vocab = logits.dims()[2];
-        let _ = d;
         Ok(logits.reshape([batch, vocab]))
     }
 }

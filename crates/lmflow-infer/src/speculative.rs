@@ -2,8 +2,8 @@
 //!
 //! Each round the draft model proposes `gamma` tokens one at a time (incrementally, with its
 //! cache), the target scores all of them in one forward pass, and
-//! [`verify_sampled`](crate::speculative_math::verify_sampled) /
-//! [`verify_greedy`](crate::speculative_math::verify_greedy) decide how many to keep. Both caches
+//! [`verify_sampled`] /
+//! [`verify_greedy`] decide how many to keep. Both caches
 //! are then rolled back ([`KvCache::truncate`]) to the accepted prefix. The output distribution
 //! is the target's (greedy: exactly the target's greedy tokens). Prompts are decoded one at a
 //! time (batch 1), as LMFlow's `SpeculativeInferencer`.
@@ -149,7 +149,10 @@ impl<'a> SpeculativeGenerator<'a> {
         // Invariant: the target cache holds every token of the context but the last.
         let prompt = seq.prompt.clone();
         if prompt.len() > 1 {
-            self.run(self.target, &prompt[..prompt.len() - 1], &mut target_cache)?;
+            let head = &prompt[..prompt.len() - 1];
+            let ids = ids_tensor(&[head.iter().map(|&t| t as i64).collect()], &self.device);
+            self.target
+                .forward_hidden(&ForwardInput::new(ids), Some(&mut target_cache))?;
         }
         while seq.finished.is_none() {
             let context = seq.context();

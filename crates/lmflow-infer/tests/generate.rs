@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, s};
-use lmflow_infer::speculative_math::Verification;
 use lmflow_infer::tensor_io::{float_rows, ids_tensor};
 use lmflow_infer::{
     GenerationConfig, Generator, SpeculativeGenerator, load_model, parse_rope_scaling,
@@ -54,7 +53,12 @@ fn weights_fnv1a(model_dir: &str) -> Value {
     let hashes = files
         .iter()
         .map(|f| {
-            let h = std::fs::read(f).unwrap().iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3));
+            let h = std::fs::read(f)
+                .unwrap()
+                .iter()
+                .fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+                });
             Value::String(format!("{h:016x}"))
         })
         .collect();
@@ -166,7 +170,7 @@ fn kv_cache_equals_full_recomputation() {
         let prompt = vec![11u32, 25, 7, 42, 9];
         let (want, rows) = greedy_without_cache(&p.model, &prompt, 10, &device);
         let got = Generator::new(&p.model, &device)
-            .generate(&[prompt.clone()], &GenerationConfig::greedy(10))
+            .generate(std::slice::from_ref(&prompt), &GenerationConfig::greedy(10))
             .unwrap();
         assert_eq!(got[0].new_ids, want, "{model_dir}");
         // Logits of the cached incremental path equal the recomputed ones.
@@ -244,10 +248,6 @@ fn speculative_greedy_equals_plain_greedy() {
             );
         }
     }
-    let _ = Verification {
-        accepted: 0,
-        next_token: 0,
-    };
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn speculative_sampling_matches_target_distribution_on_tiny_model() {
             seed: i as u64,
             ..config.clone()
         };
-        let (out, _) = spec.generate(&[prompt.clone()], &cfg).unwrap();
+        let (out, _) = spec.generate(std::slice::from_ref(&prompt), &cfg).unwrap();
         *counts
             .entry((out[0].new_ids[0], out[0].new_ids[1]))
             .or_default() += 1;
@@ -338,7 +338,7 @@ fn rope_scaling_override_matches_transformers_beyond_context() {
         let logits = p
             .model
             .forward(
-                ForwardInput::new(ids_tensor(&[input.clone()], &device)),
+                ForwardInput::new(ids_tensor(std::slice::from_ref(&input), &device)),
                 None,
             )
             .unwrap()
@@ -454,19 +454,46 @@ fn sliding_window_nll_and_option_scores_match_transformers() {
     let p = load(fixture["model"].as_str().unwrap(), None, &device);
     let input = ids(&fixture["input_ids"]);
     for w in fixture["windows"].as_array().unwrap() {
-        let (max_length, stride) = (w["max_length"].as_u64().unwrap() as usize, w["stride"].as_u64().unwrap() as usize);
-        let stats = lmflow_infer::eval::sliding_window_nll(&p.model, &input, max_length, stride, &device).unwrap();
-        assert_eq!(stats.predicted_tokens as u64, w["predicted_tokens"].as_u64().unwrap(), "window {max_length}/{stride}");
+        let (max_length, stride) = (
+            w["max_length"].as_u64().unwrap() as usize,
+            w["stride"].as_u64().unwrap() as usize,
+        );
+        let stats =
+            lmflow_infer::eval::sliding_window_nll(&p.model, &input, max_length, stride, &device)
+                .unwrap();
+        assert_eq!(
+            stats.predicted_tokens as u64,
+            w["predicted_tokens"].as_u64().unwrap(),
+            "window {max_length}/{stride}"
+        );
         let want = w["nll_sum"].as_f64().unwrap();
-        assert!((stats.nll_sum - want).abs() < 1e-3, "window {max_length}/{stride}: {} vs {want}", stats.nll_sum);
+        assert!(
+            (stats.nll_sum - want).abs() < 1e-3,
+            "window {max_length}/{stride}: {} vs {want}",
+            stats.nll_sum
+        );
     }
     assert!(lmflow_infer::eval::sliding_window_nll(&p.model, &input, 8, 9, &device).is_err());
     let context = ids(&fixture["context"]);
-    let options: Vec<Vec<u32>> = fixture["options"].as_array().unwrap().iter().map(ids).collect();
-    let want: Vec<f64> = fixture["option_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-    let (best, scores) = lmflow_infer::eval::choose_option(&p.model, &context, &options, &device).unwrap();
+    let options: Vec<Vec<u32>> = fixture["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let want: Vec<f64> = fixture["option_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let (best, scores) =
+        lmflow_infer::eval::choose_option(&p.model, &context, &options, &device).unwrap();
     for (g, w) in scores.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-3, "option log-likelihood {g} vs transformers {w}");
+        assert!(
+            (g - w).abs() < 1e-3,
+            "option log-likelihood {g} vs transformers {w}"
+        );
     }
     let want_best = (0..want.len()).fold(0, |b, i| if want[i] > want[b] { i } else { b });
     assert_eq!(best, want_best);

@@ -340,3 +340,56 @@ fn rust_saved_folders_were_loaded_by_transformers() {
         );
     }
 }
+
+#[test]
+fn packed_segments_equal_separate_sequences() {
+    let device = Device::flex();
+    let r = reference();
+    let long = ids(&r["long_ids"]);
+    let (a, b) = (long[..7].to_vec(), long[7..].to_vec());
+    for case in ["llama_gqa", "qwen3", "mistral_sliding"] {
+        let p = load(case, &device);
+        let v = p.model.vocab_size();
+        let sep_a = forward_logits(&p.model, ForwardInput::new(int2(&[a.clone()], &device)));
+        let sep_b = forward_logits(&p.model, ForwardInput::new(int2(&[b.clone()], &device)));
+        let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
+        let segments: Vec<i64> = a.iter().map(|_| 0).chain(b.iter().map(|_| 1)).collect();
+        let positions: Vec<i64> = (0..a.len() as i64).chain(0..b.len() as i64).collect();
+        let input = ForwardInput::new(int2(&[packed], &device))
+            .with_segment_ids(int2(&[segments], &device))
+            .with_position_ids(int2(&[positions], &device));
+        let got = forward_logits(&p.model, input);
+        let err_a = max_abs(&got[..a.len() * v], &sep_a);
+        let err_b = max_abs(&got[a.len() * v..], &sep_b);
+        assert!(
+            err_a <= 1e-5 && err_b <= 1e-5,
+            "{case}: packed differs ({err_a}, {err_b})"
+        );
+    }
+}
+
+#[test]
+fn cache_truncate_rolls_back_and_overflow_is_an_error() {
+    let device = Device::flex();
+    let r = reference();
+    let long = ids(&r["long_ids"]);
+    let p = load("llama_gqa", &device);
+    let mut cache = p.model.new_cache(12);
+    let step = |cache: &mut lmflow_models::KvCache, toks: &[i64]| {
+        let input = ForwardInput::new(int2(&[toks.to_vec()], &device));
+        p.model
+            .forward(input, Some(cache))
+            .map(|o| to_vec(o.logits))
+    };
+    step(&mut cache, &long[..8]).unwrap();
+    let first = step(&mut cache, &long[8..11]).unwrap();
+    assert_eq!(cache.len(), 11);
+    cache.truncate(8);
+    assert_eq!(cache.len(), 8);
+    let again = step(&mut cache, &long[8..11]).unwrap();
+    assert_eq!(first, again);
+    let err = step(&mut cache, &long[11..13]).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    cache.reset();
+    assert!(cache.is_empty());
+}

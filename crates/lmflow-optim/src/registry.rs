@@ -737,9 +737,45 @@ impl OptimizerConfig {
         self.build_with_groups(&ParamGroupsConfig::single())
     }
 
+    /// Checks the values the reference implementations reject.
+    pub fn validate(&self) -> Result<(), Error> {
+        use OptimizerConfig::*;
+        let invalid = |field, reason: String| {
+            Err(Error::InvalidValue {
+                what: "optimizer",
+                field,
+                reason,
+            })
+        };
+        let lr = self.lr();
+        if !(lr.is_finite() && lr >= 0.0) {
+            return invalid("lr", format!("{lr} is not a non-negative number"));
+        }
+        match self {
+            AdaBound(s) if s.lr <= 0.0 => invalid(
+                "lr",
+                "adabound's bounds are relative to a positive lr".into(),
+            ),
+            AdamWScheduleFree(s) if !(s.betas[0] > 0.0 && s.betas[0] < 1.0) => invalid(
+                "betas",
+                format!("beta_1 {} must be in (0, 1) for schedule-free", s.betas[0]),
+            ),
+            SgdScheduleFree(s) if !(s.momentum > 0.0 && s.momentum < 1.0) => invalid(
+                "momentum",
+                format!("{} must be in (0, 1) for schedule-free", s.momentum),
+            ),
+            Lars(s) if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) => invalid(
+                "nesterov",
+                "Nesterov momentum requires a momentum and zero dampening".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Builds the optimizer with parameter groups (weight-decay exclusion, learning-rate ratios).
     pub fn build_with_groups(&self, groups: &ParamGroupsConfig) -> Result<BuiltOptimizer, Error> {
         use OptimizerConfig::*;
+        self.validate()?;
         let mut hessian = None;
         let mut schedule_free = None;
         let optimizer = match self {

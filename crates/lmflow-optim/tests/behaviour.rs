@@ -222,6 +222,14 @@ fn registry_errors_name_the_problem() {
         assert_eq!(cfg.name(), *name);
         cfg.build().expect(name);
     }
+    for bad in [
+        r#"{"name": "adabound", "lr": 0.0}"#,
+        r#"{"name": "sgd_schedule_free", "momentum": 0.0}"#,
+        r#"{"name": "adamw", "lr": -1.0}"#,
+    ] {
+        let cfg = OptimizerConfig::from_json(bad).expect("parses");
+        assert!(cfg.build().is_err(), "{bad} should be rejected");
+    }
     let cfg = OptimizerConfig::from_json(r#"{"name": "sophiag"}"#).expect("sophia");
     assert_eq!(cfg.lr(), 1e-4);
     let mut built = OptimizerConfig::from_json(r#"{"name": "adamw"}"#)

@@ -289,13 +289,16 @@ fn host_f32<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<u8>), PeftE
     Ok((dims, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
 }
 
+/// Tensors by key: shape and little-endian f32 bytes.
+pub type TensorBytes = BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
 /// Collects adapter `name`'s tensors under PEFT's key names (f32):
 /// `lora_A.weight`, `lora_B.weight`, `lora_magnitude_vector`, and `modules_to_save` weights.
 pub fn adapter_state_dict<M: LinearVisitor>(
     model: &mut M,
     cfg: &LoraConfig,
     name: &str,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<u8>)>, PeftError> {
+) -> Result<TensorBytes, PeftError> {
     let matcher = TargetMatcher::new(cfg)?;
     let mut out = BTreeMap::new();
     let mut err = None;

@@ -135,7 +135,7 @@ impl Lisa {
     /// call), freezing all other decoder layers and dropping their optimizer state.
     /// Call before the forward pass.
     pub fn on_step_begin<M: Module>(&mut self, model: M) -> M {
-        if self.step % self.config.interval_steps != 0 {
+        if !self.step.is_multiple_of(self.config.interval_steps) {
             return model;
         }
         let picked = sample(&mut self.rng, self.num_layers, self.config.n_layers);

@@ -17,7 +17,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::PeftError;
 
-/// bitsandbytes' NF4 levels (`bitsandbytes.functional.get_4bit_type("nf4")`).
+/// bitsandbytes' NF4 levels (`bitsandbytes.functional.get_4bit_type("nf4")`), written with
+/// the digits bitsandbytes publishes (they round to the same f32 values).
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,

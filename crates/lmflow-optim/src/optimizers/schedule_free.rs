@@ -122,8 +122,8 @@ impl ScheduleFree {
         self.mode.clone()
     }
 
-    /// The interpolation coefficient `beta_1` (momentum for SGD), needed by
-    /// [`schedule_free_eval`] and [`schedule_free_train`].
+    /// The interpolation coefficient `beta_1` (momentum for SGD) that relates the training
+    /// point `y`, the averaged point `x` and the SGD iterate `z`.
     pub fn beta_1(&self) -> f64 {
         self.beta_1
     }

@@ -1,0 +1,96 @@
+//! The main job end to end: LoRA fine-tuning of the bundled tiny model on the bundled capitals
+//! data, through the `lmflow` binary.
+
+use std::process::Command;
+
+fn repo(path: &str) -> String {
+    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn finetune_lora_on_bundled_data_lowers_eval_loss_and_resumes() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |max_steps: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+            .args([
+                "finetune",
+                "--model",
+                &repo("assets/tiny-llama"),
+                "--dataset",
+                &repo("assets/data/capitals/train.json"),
+                "--eval-dataset",
+                &repo("assets/data/capitals/eval.json"),
+                "--output",
+                out.path().to_str().unwrap(),
+                "--max-steps",
+                max_steps,
+                "--save-steps",
+                "10",
+                "--lora-r",
+                "16",
+                "--lora-alpha",
+                "32",
+                "--samples",
+                "1",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8(output.stdout).unwrap();
+        serde_json::from_str::<serde_json::Value>(line.trim()).unwrap()
+    };
+    let first = run("10");
+    assert_eq!(first["steps"], 10);
+    let before = first["eval_loss_before"].as_f64().unwrap();
+    let after_10 = first["eval_loss_after"].as_f64().unwrap();
+    assert!(after_10 < before, "eval loss {before} -> {after_10}");
+    assert_eq!(first["samples"].as_array().unwrap().len(), 1);
+
+    // Same output folder, longer run: resumes from checkpoint-10 and keeps improving.
+    let second = run("30");
+    assert_eq!(second["steps"], 30);
+    let after_30 = second["eval_loss_after"].as_f64().unwrap();
+    assert!(after_30 < after_10, "eval loss {after_10} -> {after_30}");
+
+    let final_dir = out.path().join("final");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(final_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 16);
+    assert!(final_dir.join("adapter_model.safetensors").is_file());
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [5, 10, 15, 20, 25, 30]);
+    assert!(out.path().join("loss.png").is_file());
+}
+
+#[test]
+fn finetune_reports_a_missing_dataset_without_panicking() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+            "/nonexistent/data.json",
+            "--output",
+            out.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("/nonexistent/data.json"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
