@@ -1,1 +1,41 @@
-//! lmflow-align
+//! # lmflow-align
+//!
+//! Alignment objectives on top of `lmflow-models`: the losses of reward modelling and Direct
+//! Preference Optimization, computed exactly as TRL computes them (checked against a fixture
+//! made by `tests/fixtures/align.py`).
+//!
+//! - [`sequence_logprobs`]: per-sequence log-likelihood of the labelled tokens
+//!   (TRL's `get_batch_logps`);
+//! - [`dpo_loss`]: sigmoid (with label smoothing), hinge and IPO losses with implicit rewards;
+//! - [`pairwise_reward_loss`]: the Bradley-Terry loss of reward models, with optional margins.
+//!
+//! Preference data comes from `lmflow-datasets` (`paired_conversation`,
+//! `paired_text_to_text`, batched by `collate_pairs`). Trainers for reward models, RAFT and DPO
+//! are not built yet (see `docs/alignment.md`).
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use lmflow_align::{DpoConfig, dpo_loss};
+//!
+//! let device = Device::flex();
+//! let t = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
+//! // The policy prefers the chosen answers more than the reference does: loss below ln 2.
+//! let out = dpo_loss(
+//!     &DpoConfig::default(),
+//!     t([-10.0, -12.0]), t([-14.0, -15.0]),
+//!     t([-11.0, -12.0]), t([-13.0, -14.0]),
+//! );
+//! let loss: f32 = out.loss().into_scalar();
+//! assert!(loss < 2f32.ln());
+//! assert_eq!(out.reward_accuracy(), 1.0);
+//! ```
+
+pub mod dpo;
+pub mod error;
+pub mod logps;
+pub mod reward;
+
+pub use dpo::{DpoConfig, DpoLossType, DpoOutput, dpo_loss};
+pub use error::AlignError;
+pub use logps::{SequenceLogprobs, sequence_logprobs};
+pub use reward::pairwise_reward_loss;

@@ -39,7 +39,7 @@ impl HostTensors {
         })?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
-            let data = to_f32(view.dtype(), view.data()).ok_or_else(|| PeftError::Tensor {
+            let data = floats(view.dtype(), view.data()).ok_or_else(|| PeftError::Tensor {
                 path: path.into(),
                 key: name.clone(),
                 reason: format!("dtype {:?} is not a float type", view.dtype()),
@@ -79,7 +79,8 @@ impl HostTensors {
     }
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+/// Decodes little-endian float bytes (f32, f16, bf16, f64) to f32.
+pub(crate) fn floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

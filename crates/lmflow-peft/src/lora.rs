@@ -11,7 +11,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::error::PeftError;
-use crate::svd::top_singular;
+use crate::svd::top_singular_tensor;
 
 /// How new adapter factors are initialised (PEFT's `init_lora_weights`).
 #[derive(Clone, Debug, PartialEq)]
@@ -233,22 +233,13 @@ fn pissa(
 ) -> Result<(Tensor<2>, Tensor<2>, Tensor<2>), PeftError> {
     let [d_out, d_in] = weight.dims();
     let device = weight.device();
-    let data: Vec<f32> = weight
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| PeftError::InvalidConfig {
-            field: "init_lora_weights".into(),
-            reason: format!("cannot read base weight for PiSSA: {e:?}"),
-        })?;
     if rank > d_out.min(d_in) {
         return Err(PeftError::InvalidConfig {
             field: "r".into(),
             reason: format!("PiSSA rank {rank} exceeds min({d_out}, {d_in})"),
         });
     }
-    let (u, s, vt) = top_singular(&data, d_out, d_in, rank);
+    let (u, s, vt) = top_singular_tensor(weight.clone(), rank);
     let mut a = vec![0f32; rank * d_in];
     let mut b = vec![0f32; d_out * rank];
     for k in 0..rank {

@@ -293,7 +293,7 @@ impl Nf4Weight {
         };
         let blocks = self.blocks();
         let device = n.code.device();
-        let codes = n.codes.clone().cast(IntDType::I64);
+        let codes = n.codes.clone().cast(IntDType::I32);
         let values = n.code.clone().select(0, codes);
         let block_of =
             Tensor::<1, Int>::arange(0..blocks as i64, &device).div_scalar(n.blocksize as i64);
@@ -303,7 +303,7 @@ impl Nf4Weight {
 
     /// The dense `[rows, cols]` weight in f32.
     pub fn dequantize(&self) -> Tensor<2> {
-        let packed = self.packed.clone().cast(IntDType::I64);
+        let packed = self.packed.clone().cast(IntDType::I32);
         let half = packed.dims()[0];
         let hi = packed
             .clone()
@@ -502,4 +502,58 @@ pub fn is_bnb_aux_key(key: &str) -> bool {
         ".weight.quant_state.bitsandbytes__nf4",
     ];
     SUFFIXES.iter().any(|s| key.ends_with(s))
+}
+
+/// Replaces the base weight of every linear layer of `model` that `file` stores as a
+/// bitsandbytes NF4 `Linear4bit` (see [`Nf4Weight::from_bnb`]) with its NF4 form, and loads
+/// its bias when present. Returns the number of layers replaced.
+pub fn load_bnb_linears<M: crate::LinearVisitor>(
+    model: &mut M,
+    file: &std::path::Path,
+    device: &Device,
+) -> Result<usize, PeftError> {
+    let bytes = std::fs::read(file).map_err(|e| PeftError::io(file, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| PeftError::Safetensors {
+        path: file.into(),
+        reason: e.to_string(),
+    })?;
+    let mut count = 0;
+    let mut err = None;
+    model.visit_linears_mut(&mut |path, lin| {
+        if err.is_some() {
+            return;
+        }
+        match Nf4Weight::from_bnb(&st, path, device) {
+            Ok(Some(q)) => {
+                let (d_in, d_out) = lin.dims();
+                if (q.cols, q.rows) != (d_in, d_out) {
+                    err = Some(PeftError::Quantization {
+                        key: path.into(),
+                        reason: format!(
+                            "checkpoint shape [{}, {}] != layer [{d_out}, {d_in}]",
+                            q.rows, q.cols
+                        ),
+                    });
+                    return;
+                }
+                if let Ok(b) = st.tensor(&format!("{path}.bias"))
+                    && let Some(v) = crate::io::floats(b.dtype(), b.data())
+                    && v.len() == d_out
+                {
+                    let t = Tensor::<1>::from_data(TensorData::new(v, [d_out]), device);
+                    lin.bias = Some(burn::module::Param::from_tensor(t).set_require_grad(false));
+                }
+                lin.weight = burn::module::Param::from_tensor(Tensor::zeros([0, d_in], device))
+                    .set_require_grad(false);
+                lin.quant = Some(q);
+                count += 1;
+            }
+            Ok(None) => {}
+            Err(e) => err = Some(e),
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(count),
+    }
 }

@@ -38,7 +38,7 @@ pub use config::TrainerConfig;
 pub use error::{Result, TrainError};
 pub use lmflow_datasets::TokenizedSample;
 pub use lora_weights::LoraWeights;
-pub use loss::{IGNORE_INDEX, LossOutput, causal_lm_loss};
+pub use loss::{IGNORE_INDEX, LossOutput, TokenLogprobs, causal_lm_loss, shifted_token_logprobs};
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 pub use stable_ids::assign_stable_param_ids;
 pub use trainer::{TrainEvent, TrainOutcome, Trainer, WeightsIo};

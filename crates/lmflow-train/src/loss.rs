@@ -37,35 +37,63 @@ impl LossOutput {
 /// - logits: `[batch, seq, vocab]`
 /// - labels: `[batch, seq]`
 pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> LossOutput {
-    let [batch, seq, vocab] = logits.dims();
-    if seq < 2 {
-        let device = logits.device();
+    let device = logits.device();
+    let Some(token) = shifted_token_logprobs(logits, labels) else {
         return LossOutput {
-            sum: logits.sum().mul_scalar(0.0).reshape([1]).to_device(&device),
+            sum: Tensor::zeros([1], &device),
             tokens: 0,
         };
+    };
+    let tokens: usize = token
+        .trained
+        .int()
+        .sum()
+        .into_scalar::<i64>()
+        .try_into()
+        .unwrap_or(0);
+    LossOutput {
+        sum: token.logprobs.neg().sum(),
+        tokens,
+    }
+}
+
+/// Log-probabilities of the next tokens, aligned with `labels[:, 1:]`.
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs {
+    /// `log p(labels[t + 1] | tokens ..= t)` in f32, 0 where the label is ignored.
+    ///
+    /// Shape `[batch, seq - 1]`.
+    pub logprobs: Tensor<2>,
+    /// Whether each position is trained (label not [`IGNORE_INDEX`]), `[batch, seq - 1]`.
+    pub trained: Tensor<2, burn::tensor::Bool>,
+}
+
+/// Next-token log-probabilities of the labelled tokens (f32), the building block of the
+/// cross-entropy loss and of sequence log-likelihoods (reward models, DPO). `None` when the
+/// sequence is shorter than two tokens.
+///
+/// # Shapes
+/// - logits: `[batch, seq, vocab]`
+/// - labels: `[batch, seq]`
+pub fn shifted_token_logprobs(logits: Tensor<3>, labels: Tensor<2, Int>) -> Option<TokenLogprobs> {
+    let [batch, seq, vocab] = logits.dims();
+    if seq < 2 {
+        return None;
     }
     let logits = logits
         .slice([0..batch, 0..seq - 1, 0..vocab])
         .cast(burn::tensor::FloatDType::F32);
     let targets = labels.slice([0..batch, 1..seq]);
     let trained = targets.clone().not_equal_elem(IGNORE_INDEX);
-    let tokens: usize = trained
-        .clone()
-        .int()
-        .sum()
-        .into_scalar::<i64>()
-        .try_into()
-        .unwrap_or(0);
-    // Ignored positions gather index 0 and are masked out afterwards.
+    // Ignored positions gather index 0 and are zeroed afterwards.
     let safe_targets = targets.mask_fill(trained.clone().bool_not(), 0);
     let logp = log_softmax(logits, 2);
     let picked = logp
         .gather(2, safe_targets.unsqueeze_dim::<3>(2))
-        .squeeze_dim::<2>(2);
-    let nll = picked.neg().mask_fill(trained.bool_not(), 0.0);
-    LossOutput {
-        sum: nll.sum(),
-        tokens,
-    }
+        .squeeze_dim::<2>(2)
+        .mask_fill(trained.clone().bool_not(), 0.0);
+    Some(TokenLogprobs {
+        logprobs: picked,
+        trained,
+    })
 }
