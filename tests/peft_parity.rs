@@ -270,3 +270,36 @@ fn qlora_on_a_loaded_model_reports_base_memory() {
     assert_eq!(report.adapted.len(), 2 * 7);
     let _ = logits(&model, &device);
 }
+
+#[test]
+fn merged_model_saved_as_hub_folder_matches_peft() {
+    // What `lmflow merge` does: load base + adapter, merge_and_unload, save a full folder.
+    let device = Device::flex();
+    let expected = read(&fixtures().join("dora/expected.safetensors"));
+    let mut pretrained =
+        load_pretrained(&fixtures().join("base"), &device, &LoadOptions::default()).unwrap();
+    lmflow_peft::load_adapter(
+        &mut pretrained.model,
+        &fixtures().join("dora"),
+        "default",
+        &device,
+    )
+    .unwrap();
+    lmflow_peft::merge_and_unload(&mut pretrained.model, "default").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    pretrained.save(out.path()).unwrap();
+    let reloaded = load_pretrained(out.path(), &device, &LoadOptions::default()).unwrap();
+    let mut adapters = 0;
+    reloaded
+        .model
+        .visit_linears(&mut |_, lin| adapters += lin.adapters.len());
+    assert_eq!(adapters, 0);
+    let d = max_diff(
+        &logits(&reloaded.model, &device),
+        &f32s(&expected["merged_logits"].1),
+    );
+    assert!(
+        d < TOL,
+        "saved merged model differs from PEFT's merge by {d}"
+    );
+}

@@ -100,7 +100,7 @@ impl TrainerConfig {
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return bad("learning_rate must be a finite, non-negative number");
         }
-        if self.max_steps.is_none() && !(self.num_train_epochs > 0.0) {
+        if self.max_steps.is_none() && self.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("num_train_epochs must be positive (or set max_steps)");
         }
         if self.logging_steps == 0 {
@@ -126,7 +126,7 @@ impl TrainerConfig {
 
     /// The learning-rate schedule configuration.
     pub fn schedule(&self) -> ScheduleConfig {
-        let mut s = ScheduleConfig::new(self.lr_scheduler_type.clone());
+        let mut s = ScheduleConfig::new(self.lr_scheduler_type);
         if self.warmup_steps > 0 {
             s.warmup_steps = Some(self.warmup_steps);
         } else if self.warmup_ratio > 0.0 {

@@ -203,7 +203,7 @@ mod tests {
             step,
             epoch: step as f64 / 10.0,
             loss: Some(loss),
-            eval_loss: (step % 5 == 0).then_some(loss + 0.1),
+            eval_loss: step.is_multiple_of(5).then_some(loss + 0.1),
             lr: Some(1e-3),
             grad_norm: Some(1.0),
             tokens_per_second: Some(100.0),
