@@ -11,7 +11,7 @@
 //! | [`optim`] | `lmflow-optim` | optimizers, learning-rate schedules, global-norm clipping |
 //! | [`train`] | `lmflow-train` | the trainer: loss, accumulation, checkpoints, metrics |
 //! | [`infer`] | `lmflow-infer` | generation, sampling, speculative decoding, evaluation |
-//! | [`align`] | `lmflow-align` | reward modelling, RAFT, DPO (planned) |
+//! | [`align`] | `lmflow-align` | DPO and reward-model losses (trainers planned) |
 //!
 //! ```
 //! use lmflow::burn::tensor::{Device, Int, Tensor};
