@@ -5,7 +5,7 @@
 # The model (random LLaMA, hidden 256, 4 layers) is created in target/bench-llama on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-/work/pyenv/bin/python}
+PY=${PYTHON:-python3}
 MODEL=target/bench-llama
 ARGS=("${1:-1}" "${2:-128}" "${3:-64}" "${4:-3}")
 HF=$("$PY" tests/fixtures/bench_generate.py "$MODEL" "${ARGS[@]}")

@@ -1,6 +1,6 @@
-//! lmflow-peft against Hugging Face PEFT (fixtures from tests/fixtures/peft.py, peft 0.21):
+//! lmflow-peft against Hugging Face PEFT (fixtures from tests/fixtures/peft_adapters.py, peft 0.21):
 //! adapters made by PEFT give PEFT's logits here; merged models match `merge_and_unload`;
-//! an adapter saved here loads in PEFT with the same logits (recorded by `peft.py check`).
+//! an adapter saved here loads in PEFT with the same logits (recorded by `peft_adapters.py check`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -211,7 +211,7 @@ fn adapter_saved_here_loads_in_peft() {
     // PEFT's record.
     let rec: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("peft_check.json"))
-            .expect("run `tests/fixtures/peft.py check`"),
+            .expect("run `tests/fixtures/peft_adapters.py check`"),
     )
     .unwrap();
     assert!(

@@ -45,7 +45,10 @@ impl DpoConfig {
     /// Checks β and the label smoothing.
     pub fn validate(&self) -> Result<(), AlignError> {
         if !(self.beta > 0.0 && self.beta.is_finite()) {
-            return Err(AlignError::Config(format!("beta must be positive, got {}", self.beta)));
+            return Err(AlignError::Config(format!(
+                "beta must be positive, got {}",
+                self.beta
+            )));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return Err(AlignError::Config(format!(

@@ -64,6 +64,13 @@ pub struct Args {
     /// DoRA (weight-decomposed LoRA).
     #[arg(long)]
     use_dora: bool,
+    /// Optimizer from lmflow-optim's registry (adamw, adabelief, lion, radam, ...), with its
+    /// default hyper-parameters; use --config for others.
+    #[arg(long)]
+    optim: Option<String>,
+    /// LoRA+: learning-rate ratio of the B matrices over the A matrices (e.g. 16).
+    #[arg(long)]
+    lora_plus_ratio: Option<f64>,
     /// Peak learning rate (default 2e-3 for LoRA, 2e-4 full).
     #[arg(long)]
     learning_rate: Option<f64>,
@@ -158,6 +165,14 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     }
     if let Some(v) = args.seed {
         cfg.seed = v;
+    }
+    if let Some(name) = &args.optim {
+        cfg.optimizer = Some(lmflow_optim::OptimizerConfig::from_value(
+            serde_json::json!({ "name": name }),
+        )?);
+    }
+    if args.lora_plus_ratio.is_some() {
+        cfg.lora_plus_ratio = args.lora_plus_ratio;
     }
     if let Some(v) = args.eval_steps {
         cfg.eval_steps = v;

@@ -68,7 +68,11 @@ fn finetune_lora_on_bundled_data_lowers_eval_loss_and_resumes() {
     let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, [5, 10, 15, 20, 25, 30]);
     assert!(out.path().join("loss.png").is_file());

@@ -14,8 +14,18 @@ fn generate_json_greedy_matches_transformers() {
     )
     .unwrap();
     let case = &reference["cases"]["llama_gqa"]["generate"];
-    let prompt: Vec<u64> = case["prompt"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    let output: Vec<u64> = case["output"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let prompt: Vec<u64> = case["prompt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let output: Vec<u64> = case["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     let max_new = output.len() - prompt.len();
 
     let out = Command::new(env!("CARGO_BIN_EXE_lmflow"))
@@ -33,11 +43,19 @@ fn generate_json_greedy_matches_transformers() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
     let got: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let ids = |v: &serde_json::Value| -> Vec<u64> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
     };
     assert_eq!(ids(&got["prompt_ids"]), prompt);
     assert_eq!(ids(&got["new_ids"]), output[prompt.len()..]);
@@ -47,7 +65,13 @@ fn generate_json_greedy_matches_transformers() {
 #[test]
 fn generate_reports_a_missing_model_folder() {
     let out = Command::new(env!("CARGO_BIN_EXE_lmflow"))
-        .args(["generate", "--model", "/nonexistent/model", "--prompt", "hi"])
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/model",
+            "--prompt",
+            "hi",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -46,5 +46,8 @@ fn tokenizer_template_without_markers_trains_assistant_turns_like_the_chatml_pre
 
     // The same text and the same mask as the ChatML preset.
     let preset = ChatTemplate::resolve("chatml", &tokenizer).unwrap();
-    assert_eq!(preset.render(&conversation, &tokens, false).unwrap(), segments);
+    assert_eq!(
+        preset.render(&conversation, &tokens, false).unwrap(),
+        segments
+    );
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p lmflow-models --example save_gpt2_opt_fixtures -- target/gpt2-opt-rust-saved
-//! /work/pyenv/bin/python tests/fixtures/models_gpt2_opt.py check target/gpt2-opt-rust-saved
+//! python tests/fixtures/models_gpt2_opt.py check target/gpt2-opt-rust-saved
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -350,8 +350,14 @@ fn packed_segments_equal_separate_sequences() {
     for case in ["llama_gqa", "qwen3", "mistral_sliding"] {
         let p = load(case, &device);
         let v = p.model.vocab_size();
-        let sep_a = forward_logits(&p.model, ForwardInput::new(int2(std::slice::from_ref(&a), &device)));
-        let sep_b = forward_logits(&p.model, ForwardInput::new(int2(std::slice::from_ref(&b), &device)));
+        let sep_a = forward_logits(
+            &p.model,
+            ForwardInput::new(int2(std::slice::from_ref(&a), &device)),
+        );
+        let sep_b = forward_logits(
+            &p.model,
+            ForwardInput::new(int2(std::slice::from_ref(&b), &device)),
+        );
         let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
         let segments: Vec<i64> = a.iter().map(|_| 0).chain(b.iter().map(|_| 1)).collect();
         let positions: Vec<i64> = (0..a.len() as i64).chain(0..b.len() as i64).collect();

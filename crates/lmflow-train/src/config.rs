@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use lmflow_optim::OptimizerConfig;
+use lmflow_optim::groups::ParamGroupsConfig;
 use lmflow_optim::schedule::{ScheduleConfig, ScheduleKind};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +42,13 @@ pub struct TrainerConfig {
     pub adam_beta2: f64,
     /// AdamW epsilon (default 1e-8).
     pub adam_epsilon: f64,
+    /// Any optimizer of `lmflow-optim`'s registry, e.g. `{"name": "adabelief", "betas": [0.9,
+    /// 0.999]}` (default: AdamW from the `adam_*` and `weight_decay` fields). Its `lr` is
+    /// replaced by `learning_rate`, the schedule's peak. Biases and norm weights get no weight
+    /// decay; `lora_plus_ratio` scales LoRA B matrices' learning rate.
+    pub optimizer: Option<OptimizerConfig>,
+    /// LoRA+ (Hayou et al. 2024): learning-rate ratio of LoRA `B` matrices over `A` (default: none).
+    pub lora_plus_ratio: Option<f64>,
     /// Global gradient-norm clipping threshold; 0 disables (default 1.0).
     pub max_grad_norm: f64,
     /// Log a metrics record every this many optimizer steps (default 10).
@@ -73,6 +82,8 @@ impl Default for TrainerConfig {
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
+            optimizer: None,
+            lora_plus_ratio: None,
             max_grad_norm: 1.0,
             logging_steps: 10,
             eval_steps: 0,
@@ -100,7 +111,9 @@ impl TrainerConfig {
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return bad("learning_rate must be a finite, non-negative number");
         }
-        if self.max_steps.is_none() && self.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        if self.max_steps.is_none()
+            && self.num_train_epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return bad("num_train_epochs must be positive (or set max_steps)");
         }
         if self.logging_steps == 0 {
@@ -122,6 +135,32 @@ impl TrainerConfig {
     pub fn steps_per_epoch(&self, num_samples: usize) -> usize {
         let micro = num_samples.div_ceil(self.per_device_train_batch_size);
         micro.div_ceil(self.gradient_accumulation_steps).max(1)
+    }
+
+    /// Builds the optimizer: the registry's when `optimizer` is set, else AdamW with the
+    /// `adam_*` fields; no weight decay for biases and norm weights.
+    pub fn build_optimizer(&self) -> Result<lmflow_optim::BuiltOptimizer> {
+        let config = match &self.optimizer {
+            Some(c) => c.clone(),
+            None => OptimizerConfig::from_value(serde_json::json!({
+                "name": "adamw",
+                "betas": [self.adam_beta1, self.adam_beta2],
+                "eps": self.adam_epsilon,
+                "weight_decay": self.weight_decay,
+            }))?,
+        };
+        if config.name() == "sophiag" {
+            return Err(TrainError::Config(
+                "sophiag needs Hessian-estimate steps that the trainer does not run; use it \
+                 from Rust with BuiltOptimizer::update_hessian"
+                    .into(),
+            ));
+        }
+        let mut groups = ParamGroupsConfig::default();
+        if let Some(ratio) = self.lora_plus_ratio {
+            groups = groups.with_lora_plus(ratio);
+        }
+        Ok(config.build_with_groups(&groups)?)
     }
 
     /// The learning-rate schedule configuration.

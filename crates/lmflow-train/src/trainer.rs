@@ -1,13 +1,14 @@
 //! The training loop: micro-batches, token-weighted gradient accumulation, global-norm clipping,
-//! AdamW with a Hugging Face learning-rate schedule, evaluation, metrics and atomic, resumable
+//! any `lmflow-optim` optimizer (AdamW by default) with a Hugging Face learning-rate schedule, evaluation, metrics and atomic, resumable
 //! checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 use lmflow_models::{CausalLm, ForwardInput};
+use lmflow_optim::BuiltOptimizer;
 use lmflow_optim::clip::{NormType, clip_grad_norm};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -138,12 +139,7 @@ impl Trainer {
         let total_steps = cfg.total_steps(train.len());
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
-        let mut optim: ModuleOptimizer = AdamWConfig::new()
-            .with_beta_1(cfg.adam_beta1 as f32)
-            .with_beta_2(cfg.adam_beta2 as f32)
-            .with_epsilon(cfg.adam_epsilon as f32)
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init();
+        let mut optim = cfg.build_optimizer()?;
 
         // Resume.
         let mut state = TrainerState::default();
@@ -161,7 +157,7 @@ impl Trainer {
                         opt_path.display()
                     ))
                 })?;
-                optim = optim.load_record(record);
+                optim.optimizer = optim.optimizer.load_record(record);
             }
             resumed_from = Some(ckpt);
         }
@@ -246,7 +242,13 @@ impl Trainer {
             let eval_now =
                 eval.is_some() && ((cfg.eval_steps > 0 && step % cfg.eval_steps == 0) || last);
             let eval_loss = match (eval_now, eval) {
-                (true, Some(e)) => Some(self.evaluate(&model, e)?),
+                (true, Some(e)) => {
+                    // Schedule-free optimizers evaluate at their averaged point.
+                    model = optim.eval_params(model);
+                    let loss = self.evaluate(&model, e);
+                    model = optim.train_params(model);
+                    Some(loss?)
+                }
                 _ => None,
             };
             if eval_loss.is_some() {
@@ -279,6 +281,8 @@ impl Trainer {
         }
 
         plot_loss_curve(metrics.records(), &out_dir.join("loss.png"))?;
+        // The final weights of a schedule-free run are its averaged (evaluation) point.
+        let model = optim.eval_params(model);
         let final_dir = out_dir.join("final");
         let staging = out_dir.join(".final.tmp");
         if staging.exists() {
@@ -304,7 +308,7 @@ impl Trainer {
     fn save_checkpoint(
         &self,
         model: &CausalLm,
-        optim: &ModuleOptimizer,
+        optim: &BuiltOptimizer,
         state: &TrainerState,
         weights: &dyn WeightsIo,
     ) -> Result<PathBuf> {
@@ -318,7 +322,7 @@ impl Trainer {
         std::fs::create_dir_all(&weights_dir).map_err(io_err(&weights_dir))?;
         weights.save(model, &weights_dir)?;
         let opt_path = staging.join("optimizer.bpk");
-        optim.to_record().save(&opt_path).map_err(|e| {
+        optim.optimizer.to_record().save(&opt_path).map_err(|e| {
             TrainError::Config(format!(
                 "{}: cannot write optimizer state: {e}",
                 opt_path.display()
