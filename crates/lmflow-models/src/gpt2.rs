@@ -510,6 +510,14 @@ impl LinearVisitor for Gpt2Model {
             f("lm_head", head);
         }
     }
+
+    fn visit_embeddings_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
+    ) {
+        f("transformer.wte", &mut self.wte);
+        f("transformer.wpe", &mut self.wpe);
+    }
 }
 
 /// The additive attention bias for a forward pass, or `None` when nothing can be masked (one

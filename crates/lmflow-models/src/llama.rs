@@ -730,4 +730,11 @@ impl LinearVisitor for LlamaModel {
             f("lm_head", head);
         }
     }
+
+    fn visit_embeddings_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
+    ) {
+        f("model.embed_tokens", &mut self.embed_tokens.weight);
+    }
 }

@@ -302,6 +302,17 @@ impl LinearVisitor for CausalLm {
             Self::Opt(m) => m.visit_linears_mut(f),
         }
     }
+
+    fn visit_embeddings_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
+    ) {
+        match self {
+            Self::Llama(m) => m.visit_embeddings_mut(f),
+            Self::Gpt2(m) => m.visit_embeddings_mut(f),
+            Self::Opt(m) => m.visit_embeddings_mut(f),
+        }
+    }
 }
 
 fn unsupported(config: &ModelConfig, model_type: &str) -> ModelError {

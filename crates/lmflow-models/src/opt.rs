@@ -615,4 +615,15 @@ impl LinearVisitor for OptModel {
             f("lm_head", head);
         }
     }
+
+    fn visit_embeddings_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
+    ) {
+        f(&format!("{PREFIX}embed_tokens"), &mut self.embed_tokens);
+        f(
+            &format!("{PREFIX}embed_positions"),
+            &mut self.embed_positions,
+        );
+    }
 }
