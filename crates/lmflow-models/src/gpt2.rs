@@ -459,7 +459,7 @@ impl Gpt2Model {
         let conv1d = |out: &mut Vec<(String, TensorData)>, path: String, lin: &Linear| {
             out.push((
                 format!("{path}.weight"),
-                lin.weight.val().transpose().into_data(),
+                lin.dense_weight().transpose().into_data(),
             ));
             if let Some(b) = &lin.bias {
                 out.push((format!("{path}.bias"), b.val().into_data()));
@@ -478,7 +478,7 @@ impl Gpt2Model {
         }
         self.ln_f.push_state(&mut out, &format!("{PREFIX}ln_f"));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".into(), head.weight.val().into_data()));
+            out.push(("lm_head.weight".into(), head.dense_weight().into_data()));
         }
         out
     }

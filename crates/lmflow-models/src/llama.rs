@@ -643,7 +643,7 @@ impl LlamaModel {
             self.embed_tokens.weight.val().into_data(),
         )];
         let lin = |out: &mut Vec<(String, TensorData)>, name: String, l: &Linear| {
-            out.push((format!("{name}.weight"), l.weight.val().into_data()));
+            out.push((format!("{name}.weight"), l.dense_weight().into_data()));
             if let Some(b) = &l.bias {
                 out.push((format!("{name}.bias"), b.val().into_data()));
             }

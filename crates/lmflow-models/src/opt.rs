@@ -526,7 +526,7 @@ impl OptModel {
     pub fn state_dict(&self) -> Vec<(String, TensorData)> {
         let mut out: Vec<(String, TensorData)> = Vec::new();
         let linear = |out: &mut Vec<(String, TensorData)>, path: String, lin: &Linear| {
-            out.push((format!("{path}.weight"), lin.weight.val().into_data()));
+            out.push((format!("{path}.weight"), lin.dense_weight().into_data()));
             if let Some(b) = &lin.bias {
                 out.push((format!("{path}.bias"), b.val().into_data()));
             }
