@@ -61,6 +61,10 @@ pub struct Args {
     /// rsLoRA scaling (alpha / sqrt(r)).
     #[arg(long)]
     use_rslora: bool,
+    /// QLoRA: store the frozen base linear layers (all but the output head) as NF4 with double
+    /// quantisation (bitsandbytes' format, about 4.1 bits per weight); adapters stay f32.
+    #[arg(long, conflicts_with = "full")]
+    qlora: bool,
     /// DoRA (weight-decomposed LoRA).
     #[arg(long)]
     use_dora: bool,
@@ -284,7 +288,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lora.use_dora = args.use_dora;
         lora.task_type = Some("CAUSAL_LM".into());
         lora.base_model_name_or_path = Some(args.model.display().to_string());
-        let (model, report) = get_peft_model(pretrained.model.clone(), &lora, "default")?;
+        let mut base = pretrained.model.clone();
+        if args.qlora {
+            use lmflow_peft::LinearVisitor;
+            let nf4 = lmflow_peft::Nf4Config::new();
+            base.visit_linears_mut(&mut |path, lin| {
+                if path != "lm_head" {
+                    lin.quantize_nf4(&nf4);
+                }
+            });
+        }
+        let (model, report) = get_peft_model(base, &lora, "default")?;
         tracing::info!("LoRA on {} layers", report.adapted.len());
         (
             model,
@@ -372,7 +386,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "output": args.output,
         "final": outcome.final_dir,
-        "method": if args.full { "full" } else { "lora" },
+        "method": if args.full { "full" } else if args.qlora { "qlora" } else { "lora" },
         "steps": outcome.state.global_step,
         "train_samples": train.len(),
         "train_loss": outcome.last_train_loss,

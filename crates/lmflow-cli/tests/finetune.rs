@@ -98,3 +98,42 @@ fn finetune_reports_a_missing_dataset_without_panicking() {
     assert!(err.contains("/nonexistent/data.json"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn finetune_qlora_trains_adapters_on_an_nf4_base() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+            &repo("assets/data/capitals/train.json"),
+            "--eval-dataset",
+            &repo("assets/data/capitals/eval.json"),
+            "--output",
+            out.path().to_str().unwrap(),
+            "--max-steps",
+            "15",
+            "--qlora",
+            "--samples",
+            "0",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    assert_eq!(summary["method"], "qlora");
+    let (before, after) = (
+        summary["eval_loss_before"].as_f64().unwrap(),
+        summary["eval_loss_after"].as_f64().unwrap(),
+    );
+    assert!(after < before - 0.5, "eval loss {before} -> {after}");
+    assert!(out.path().join("final/adapter_model.safetensors").is_file());
+}
