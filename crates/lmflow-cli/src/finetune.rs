@@ -46,6 +46,13 @@ pub struct Args {
     /// Full fine-tuning instead of LoRA.
     #[arg(long)]
     full: bool,
+    /// LISA (with --full): train only this many decoder layers at a time, re-sampled every
+    /// --lisa-interval steps; embeddings and head always train.
+    #[arg(long, requires = "full")]
+    lisa_layers: Option<usize>,
+    /// LISA: steps between re-sampling the trained layers.
+    #[arg(long, default_value_t = 20)]
+    lisa_interval: usize,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
@@ -174,6 +181,10 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
         cfg.optimizer = Some(lmflow_optim::OptimizerConfig::from_value(
             serde_json::json!({ "name": name }),
         )?);
+    }
+    if args.lisa_layers.is_some() {
+        cfg.lisa_activated_layers = args.lisa_layers;
+        cfg.lisa_interval_steps = args.lisa_interval;
     }
     if args.lora_plus_ratio.is_some() {
         cfg.lora_plus_ratio = args.lora_plus_ratio;
@@ -386,7 +397,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "output": args.output,
         "final": outcome.final_dir,
-        "method": if args.full { "full" } else if args.qlora { "qlora" } else { "lora" },
+        "method": if args.lisa_layers.is_some() { "lisa" } else if args.full { "full" } else if args.qlora { "qlora" } else { "lora" },
         "steps": outcome.state.global_step,
         "train_samples": train.len(),
         "train_loss": outcome.last_train_loss,

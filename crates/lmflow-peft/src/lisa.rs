@@ -135,7 +135,7 @@ impl Lisa {
     /// call), freezing all other decoder layers and dropping their optimizer state.
     /// Call before the forward pass.
     pub fn on_step_begin<M: Module>(&mut self, model: M) -> M {
-        if !self.step.is_multiple_of(self.config.interval_steps) {
+        if !self.active.is_empty() && !self.step.is_multiple_of(self.config.interval_steps) {
             return model;
         }
         let picked = sample(&mut self.rng, self.num_layers, self.config.n_layers);
@@ -169,12 +169,60 @@ impl Lisa {
         model
     }
 
+    /// Like [`Lisa::optimizer_step`], with gradients already gathered per parameter (for
+    /// example accumulated over micro-batches and clipped by a trainer).
+    pub fn optimizer_step_params<M: Module>(
+        &mut self,
+        lr: f64,
+        model: M,
+        grads: GradientsParams,
+    ) -> M {
+        let mut rest = grads;
+        let mut layer = GradientsParams::new();
+        model.visit(&mut SplitGrads {
+            ids: &self.layer_ids,
+            from: &mut rest,
+            to: &mut layer,
+        });
+        let model = self.fixed_optim.step(lr, model, rest);
+        let model = self.layer_optim.step(lr, model, layer);
+        self.step += 1;
+        model
+    }
+
+    /// Continues a run at optimizer step `step` (after a resume): the next
+    /// [`Lisa::on_step_begin`] samples a fresh set of layers, later switches keep the cadence of
+    /// `interval_steps` counted from the start of the run.
+    pub fn resume_at(&mut self, step: usize) {
+        self.step = step;
+    }
+
     /// Tensors held by the optimizers: `(persistent part, decoder-layer part)`.
     pub fn optimizer_state_len(&self) -> (usize, usize) {
         (
             self.fixed_optim.to_record().len(),
             self.layer_optim.to_record().len(),
         )
+    }
+}
+
+/// Moves the gradients of the parameters in `ids` from `from` to `to`.
+struct SplitGrads<'a> {
+    ids: &'a [ParamId],
+    from: &'a mut GradientsParams,
+    to: &'a mut GradientsParams,
+}
+
+impl burn::module::ModuleVisitor for SplitGrads<'_> {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        if self.ids.contains(&param.id)
+            && let Some(g) = self.from.remove::<D>(param.id)
+        {
+            self.to.register(param.id, g);
+        }
     }
 }
 

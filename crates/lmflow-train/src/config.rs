@@ -49,6 +49,12 @@ pub struct TrainerConfig {
     pub optimizer: Option<OptimizerConfig>,
     /// LoRA+ (Hayou et al. 2024): learning-rate ratio of LoRA `B` matrices over `A` (default: none).
     pub lora_plus_ratio: Option<f64>,
+    /// LISA (LMFlow's `--lisa_activated_layers`): train only this many decoder layers at a
+    /// time, re-sampled every `lisa_interval_steps`; embeddings, final norm and head always
+    /// train. For full-parameter training (default: off).
+    pub lisa_activated_layers: Option<usize>,
+    /// LISA: optimizer steps between re-sampling the trained layers (default 20).
+    pub lisa_interval_steps: usize,
     /// Global gradient-norm clipping threshold; 0 disables (default 1.0).
     pub max_grad_norm: f64,
     /// Log a metrics record every this many optimizer steps (default 10).
@@ -84,6 +90,8 @@ impl Default for TrainerConfig {
             adam_epsilon: 1e-8,
             optimizer: None,
             lora_plus_ratio: None,
+            lisa_activated_layers: None,
+            lisa_interval_steps: 20,
             max_grad_norm: 1.0,
             logging_steps: 10,
             eval_steps: 0,

@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use lmflow_models::{CausalLm, ForwardInput};
 use lmflow_optim::BuiltOptimizer;
 use lmflow_optim::clip::{NormType, clip_grad_norm};
+use lmflow_peft::lisa::{Lisa, LisaConfig};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -140,6 +141,16 @@ impl Trainer {
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
         let mut optim = cfg.build_optimizer()?;
+        let mut lisa = match cfg.lisa_activated_layers {
+            Some(n) => {
+                let prototype = optim.optimizer.clone();
+                let lisa_cfg = LisaConfig::new(n)
+                    .with_interval_steps(cfg.lisa_interval_steps)
+                    .with_seed(cfg.seed);
+                Some(Lisa::new(lisa_cfg, &model, move || prototype.clone())?)
+            }
+            None => None,
+        };
 
         // Resume.
         let mut state = TrainerState::default();
@@ -158,6 +169,10 @@ impl Trainer {
                     ))
                 })?;
                 optim.optimizer = optim.optimizer.load_record(record);
+            }
+            if let Some(l) = &mut lisa {
+                // LISA's layer optimizer restarts, as at any LISA switch.
+                l.resume_at(state.global_step);
             }
             resumed_from = Some(ckpt);
         }
@@ -200,6 +215,9 @@ impl Trainer {
                 .flat_map(|m| m.iter())
                 .map(|s| predicted_tokens(s))
                 .sum();
+            if let Some(l) = &mut lisa {
+                model = l.on_step_begin(model);
+            }
             let mut accumulator = GradientsAccumulator::<CausalLm>::new();
             let mut step_sum = 0.0f64;
             for samples in &micro {
@@ -222,7 +240,10 @@ impl Trainer {
                 lmflow_optim::clip::grad_norm(&model, &grads, NormType::P(2.0))
             };
             let lr = schedule.lr(state.global_step);
-            model = optim.step(lr, model, grads);
+            model = match &mut lisa {
+                Some(l) => l.optimizer_step_params(lr, model, grads),
+                None => optim.step(lr, model, grads),
+            };
             state.global_step += 1;
             state.tokens_seen += step_tokens as u64;
             run_tokens += step_tokens as u64;

@@ -140,3 +140,47 @@ fn empty_training_set_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
+
+#[test]
+fn lisa_trains_one_sampled_decoder_layer_and_always_the_head() {
+    let device = Device::flex().autodiff();
+    let cfg = tiny_config();
+    let model = CausalLm::from_config(&cfg, &device).unwrap();
+    let data = samples();
+    let io = FullModelWeights::new(cfg.clone(), device.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainerConfig {
+        lisa_activated_layers: Some(1),
+        lisa_interval_steps: 100,
+        max_steps: Some(3),
+        ..config(dir.path(), 3)
+    };
+    let trainer = Trainer::new(config, device.clone(), 0).unwrap();
+    let before = trainer.evaluate(&model, &data).unwrap();
+    let out = trainer
+        .train(model.clone(), &io, &data, None, &mut |_| {})
+        .unwrap();
+    let after = trainer.evaluate(&out.model, &data).unwrap();
+    assert!(after < before, "loss {before} -> {after}");
+
+    let changed = |name: &str| {
+        let get = |m: &CausalLm| {
+            m.state_dict()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no tensor {name}"))
+                .1
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        get(&model) != get(&out.model)
+    };
+    let layer0 = changed("model.layers.0.self_attn.q_proj.weight");
+    let layer1 = changed("model.layers.1.self_attn.q_proj.weight");
+    assert!(
+        layer0 ^ layer1,
+        "exactly one decoder layer trains (0: {layer0}, 1: {layer1})"
+    );
+    assert!(changed("lm_head.weight"));
+    assert!(changed("model.embed_tokens.weight"));
+}
