@@ -43,6 +43,10 @@ pub struct Args {
     /// Train on prompt tokens too.
     #[arg(long)]
     train_on_prompt: bool,
+    /// Do not pack several `text_only` samples into each row (packing is on by default for
+    /// `text_only` data, off for the other types).
+    #[arg(long)]
+    no_packing: bool,
     /// Full fine-tuning instead of LoRA.
     #[arg(long)]
     full: bool,
@@ -207,7 +211,7 @@ pub fn tokenize_dataset(
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
     config: TokenizeConfig,
-) -> anyhow::Result<Vec<TokenizedSample>> {
+) -> anyhow::Result<(Vec<TokenizedSample>, DatasetType)> {
     let dataset: Dataset = read_dataset(path, &ReadOptions::default())?;
     match dataset.dataset_type {
         DatasetType::TextOnly | DatasetType::Text2Text | DatasetType::Conversation => {}
@@ -246,13 +250,13 @@ pub fn tokenize_dataset(
     if samples.is_empty() {
         bail!("{}: no trainable samples", path.display());
     }
-    Ok(samples)
+    Ok((samples, dataset.dataset_type))
 }
 
 /// Runs `lmflow finetune`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = resolve(args.device)?.autodiff();
-    let cfg = trainer_config(&args)?;
+    let mut cfg = trainer_config(&args)?;
     let pretrained = load_pretrained(&args.model, &device, &LoadOptions::default())?;
     let tokenizer = pretrained
         .tokenizer
@@ -269,11 +273,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         train_on_prompt: args.train_on_prompt,
         ..TokenizeConfig::default()
     };
-    let train = tokenize_dataset(&args.dataset, tokenizer, template.as_ref(), tok_cfg.clone())?;
+    let (train, train_type) =
+        tokenize_dataset(&args.dataset, tokenizer, template.as_ref(), tok_cfg.clone())?;
     let eval = match &args.eval_dataset {
-        Some(p) => Some(tokenize_dataset(p, tokenizer, template.as_ref(), tok_cfg)?),
+        Some(p) => Some(tokenize_dataset(p, tokenizer, template.as_ref(), tok_cfg)?.0),
         None => None,
     };
+    cfg.packing = train_type == DatasetType::TextOnly && !args.no_packing;
+    cfg.block_size = block_size;
     let pad_id = tokenizer
         .pad_token_id()
         .or(tokenizer.eos_token_id())

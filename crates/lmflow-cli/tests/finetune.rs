@@ -137,3 +137,49 @@ fn finetune_qlora_trains_adapters_on_an_nf4_base() {
     assert!(after < before - 0.5, "eval loss {before} -> {after}");
     assert!(out.path().join("final/adapter_model.safetensors").is_file());
 }
+
+#[test]
+fn finetune_packs_text_only_data_for_continued_pretraining() {
+    let out = tempfile::tempdir().unwrap();
+    let data = repo("assets/data/moby-dick-eval.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+            &data,
+            "--eval-dataset",
+            &data,
+            "--output",
+            out.path().to_str().unwrap(),
+            "--block-size",
+            "256",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--learning-rate",
+            "3e-3",
+            "--samples",
+            "0",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    // 40 paragraphs packed into 256-token rows, two rows per step: far fewer than 20 steps.
+    let steps = summary["steps"].as_u64().unwrap();
+    assert!(steps < 20, "{steps} steps: samples were not packed");
+    let (before, after) = (
+        summary["eval_loss_before"].as_f64().unwrap(),
+        summary["eval_loss_after"].as_f64().unwrap(),
+    );
+    assert!(after < before, "eval loss {before} -> {after}");
+}

@@ -65,6 +65,12 @@ pub struct TrainerConfig {
     pub save_steps: usize,
     /// Checkpoints kept (oldest removed first); 0 keeps all (default 2).
     pub save_total_limit: usize,
+    /// Pack several samples into each row of `block_size` tokens (best fit; positions restart
+    /// and attention stays within each sample, so no sample sees another). Default false; the
+    /// CLI turns it on for `text_only` data.
+    pub packing: bool,
+    /// Row length of packed training batches (default 1024).
+    pub block_size: usize,
     /// Seed of data shuffling (default 42).
     pub seed: u64,
     /// Resume from the newest checkpoint in `output_dir` when there is one (default true).
@@ -97,6 +103,8 @@ impl Default for TrainerConfig {
             eval_steps: 0,
             save_steps: 500,
             save_total_limit: 2,
+            packing: false,
+            block_size: 1024,
             seed: 42,
             resume: true,
         }
@@ -124,13 +132,17 @@ impl TrainerConfig {
         {
             return bad("num_train_epochs must be positive (or set max_steps)");
         }
+        if self.packing && self.block_size == 0 {
+            return bad("block_size must be at least 1 when packing");
+        }
         if self.logging_steps == 0 {
             return bad("logging_steps must be at least 1");
         }
         Ok(())
     }
 
-    /// Optimizer steps of the run for a training set of `num_samples` samples.
+    /// Optimizer steps of the run for a training set of `num_samples` rows (samples, or packed
+    /// blocks when `packing` is on).
     pub fn total_steps(&self, num_samples: usize) -> usize {
         if let Some(steps) = self.max_steps {
             return steps;

@@ -21,7 +21,8 @@ use crate::loss::causal_lm_loss;
 use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 use crate::stable_ids::assign_stable_param_ids;
 use lmflow_datasets::TokenizedSample;
-use lmflow_datasets::batch::collate;
+use lmflow_datasets::batch::{collate, collate_packed};
+use lmflow_datasets::packing::{PackedBlock, build_block, pack_best_fit};
 
 /// How a run writes and reads back the weights it trains (an adapter folder for PEFT runs, a
 /// Hub-layout model folder for full fine-tuning).
@@ -137,6 +138,16 @@ impl Trainer {
         }
         let out_dir = cfg.output_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+        // Training rows: best-fit packed blocks of several samples (positions restart and
+        // attention stays within each sample), or one sample per row.
+        let rows: Vec<PackedBlock> = if cfg.packing {
+            pack_best_fit(train, cfg.block_size)?
+        } else {
+            (0..train.len())
+                .map(|i| build_block(train, vec![i]))
+                .collect()
+        };
+        let train = rows.as_slice();
         let total_steps = cfg.total_steps(train.len());
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
@@ -213,19 +224,22 @@ impl Trainer {
             let step_tokens: usize = micro
                 .iter()
                 .flat_map(|m| m.iter())
-                .map(|s| predicted_tokens(s))
+                .map(|row| predicted_tokens(&row.labels))
                 .sum();
             if let Some(l) = &mut lisa {
                 model = l.on_step_begin(model);
             }
             let mut accumulator = GradientsAccumulator::<CausalLm>::new();
             let mut step_sum = 0.0f64;
-            for samples in &micro {
-                let batch = collate(samples, self.pad_id, &self.device)?;
-                let out = model.forward(
-                    ForwardInput::new(batch.input_ids).with_attention_mask(batch.attention_mask),
-                    None,
-                )?;
+            for rows in &micro {
+                let batch = collate_packed(rows, self.pad_id, &self.device)?;
+                let mut input = ForwardInput::new(batch.input_ids)
+                    .with_attention_mask(batch.attention_mask)
+                    .with_position_ids(batch.position_ids);
+                if let Some(segments) = batch.segment_ids {
+                    input = input.with_segment_ids(segments);
+                }
+                let out = model.forward(input, None)?;
                 let loss = causal_lm_loss(out.logits, batch.labels);
                 // Token-weighted: the step's loss is the sum over its micro-batches / its tokens.
                 let scaled = loss.sum.div_scalar(step_tokens.max(1) as f64);
@@ -380,10 +394,9 @@ impl Trainer {
     }
 }
 
-/// Tokens the next-token loss covers in `sample` (trained labels after the first position).
-fn predicted_tokens(sample: &TokenizedSample) -> usize {
-    sample
-        .labels
+/// Tokens the next-token loss covers in a row (trained labels after the first position).
+fn predicted_tokens(labels: &[i64]) -> usize {
+    labels
         .iter()
         .skip(1)
         .filter(|&&l| l != crate::loss::IGNORE_INDEX)

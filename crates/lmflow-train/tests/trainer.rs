@@ -184,3 +184,64 @@ fn lisa_trains_one_sampled_decoder_layer_and_always_the_head() {
     assert!(changed("lm_head.weight"));
     assert!(changed("model.embed_tokens.weight"));
 }
+
+/// Samples of different lengths (5..=12 tokens), all trained.
+fn ragged_samples() -> Vec<TokenizedSample> {
+    (0..12)
+        .map(|i| {
+            let ids: Vec<u32> = (0..5 + (i * 7) % 8).map(|t| 1 + (i + t) % 40).collect();
+            TokenizedSample {
+                original_len: ids.len(),
+                labels: ids.iter().map(|&t| t as i64).collect(),
+                input_ids: ids,
+                truncated: false,
+                target_lost: false,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn packed_rows_give_the_same_loss_as_one_sample_per_row_in_fewer_rows() {
+    let device = Device::flex().autodiff();
+    let cfg = tiny_config();
+    let model = CausalLm::from_config(&cfg, &device).unwrap();
+    let data = ragged_samples();
+    let io = FullModelWeights::new(cfg, device.clone());
+    let run = |packing: bool, batch: usize, epochs_only: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainerConfig {
+            packing,
+            block_size: 32,
+            per_device_train_batch_size: batch,
+            gradient_accumulation_steps: 1,
+            max_steps: (!epochs_only).then_some(1),
+            num_train_epochs: 1.0,
+            ..config(dir.path(), 1)
+        };
+        let trainer = Trainer::new(config, device.clone(), 0).unwrap();
+        let (mut first_loss, mut total) = (None, 0);
+        trainer
+            .train(model.clone(), &io, &data, None, &mut |e| match e {
+                lmflow_train::TrainEvent::Started { total_steps, .. } => total = total_steps,
+                lmflow_train::TrainEvent::Step { loss, .. } => {
+                    first_loss.get_or_insert(loss);
+                }
+                _ => {}
+            })
+            .unwrap();
+        (first_loss.unwrap(), total)
+    };
+    // Everything in one micro-batch: the same tokens, so the same loss if no sample sees another.
+    let (unpacked, _) = run(false, 12, false);
+    let (packed, _) = run(true, 12, false);
+    assert!(
+        (unpacked - packed).abs() < 1e-5 * unpacked.abs(),
+        "{unpacked} vs {packed}"
+    );
+    // One row per micro-batch for an epoch: packing needs fewer rows.
+    let (_, unpacked_steps) = run(false, 1, true);
+    let (_, packed_steps) = run(true, 1, true);
+    assert_eq!(unpacked_steps, 12);
+    assert!(packed_steps < 6, "{packed_steps} packed rows");
+}
