@@ -205,14 +205,14 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     Ok(cfg)
 }
 
-/// Reads and tokenizes a dataset, reporting truncation.
+/// Tokenizes a dataset read from `path`, reporting truncation.
 pub fn tokenize_dataset(
     path: &Path,
+    dataset: &Dataset,
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
     config: TokenizeConfig,
-) -> anyhow::Result<(Vec<TokenizedSample>, DatasetType)> {
-    let dataset: Dataset = read_dataset(path, &ReadOptions::default())?;
+) -> anyhow::Result<Vec<TokenizedSample>> {
     match dataset.dataset_type {
         DatasetType::TextOnly | DatasetType::Text2Text | DatasetType::Conversation => {}
         other => bail!(
@@ -250,7 +250,7 @@ pub fn tokenize_dataset(
     if samples.is_empty() {
         bail!("{}: no trainable samples", path.display());
     }
-    Ok((samples, dataset.dataset_type))
+    Ok(samples)
 }
 
 /// Runs `lmflow finetune`.
@@ -273,13 +273,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         train_on_prompt: args.train_on_prompt,
         ..TokenizeConfig::default()
     };
-    let (train, train_type) =
-        tokenize_dataset(&args.dataset, tokenizer, template.as_ref(), tok_cfg.clone())?;
-    let eval = match &args.eval_dataset {
-        Some(p) => Some(tokenize_dataset(p, tokenizer, template.as_ref(), tok_cfg)?.0),
+    let train_data = read_dataset(&args.dataset, &ReadOptions::default())?;
+    let train = tokenize_dataset(
+        &args.dataset,
+        &train_data,
+        tokenizer,
+        template.as_ref(),
+        tok_cfg.clone(),
+    )?;
+    let eval_data = match &args.eval_dataset {
+        Some(p) => Some(read_dataset(p, &ReadOptions::default())?),
         None => None,
     };
-    cfg.packing = train_type == DatasetType::TextOnly && !args.no_packing;
+    let eval = match (&args.eval_dataset, &eval_data) {
+        (Some(p), Some(d)) => Some(tokenize_dataset(
+            p,
+            d,
+            tokenizer,
+            template.as_ref(),
+            tok_cfg,
+        )?),
+        _ => None,
+    };
+    cfg.packing = train_data.dataset_type == DatasetType::TextOnly && !args.no_packing;
     cfg.block_size = block_size;
     let pad_id = tokenizer
         .pad_token_id()
@@ -382,12 +398,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lmflow_models::model::copy_tokenizer_files(&args.model, &outcome.final_dir)?;
     }
     let samples = if args.samples > 0 {
-        let path = args.eval_dataset.as_ref().unwrap_or(&args.dataset);
         sample_answers(
             &outcome.model,
             tokenizer,
             template.as_ref(),
-            path,
+            eval_data.as_ref().unwrap_or(&train_data),
             args.samples,
             &resolve(args.device)?,
         )?
@@ -424,7 +439,7 @@ fn sample_answers(
     model: &lmflow_models::CausalLm,
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
-    path: &Path,
+    dataset: &Dataset,
     n: usize,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -435,7 +450,6 @@ fn sample_answers(
     let Some(template) = template else {
         return Ok(Vec::new());
     };
-    let dataset = read_dataset(path, &ReadOptions::default())?;
     let tokens = TemplateTokens::from_tokenizer(tokenizer);
     let mut prompts = Vec::new();
     let mut questions = Vec::new();

@@ -99,27 +99,12 @@ fn finetune_reports_a_missing_dataset_without_panicking() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn finetune_qlora_trains_adapters_on_an_nf4_base() {
-    let out = tempfile::tempdir().unwrap();
+/// Runs `lmflow finetune ARGS --quiet`, asserts it succeeded and returns its JSON summary.
+fn finetune(args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
-        .args([
-            "finetune",
-            "--model",
-            &repo("assets/tiny-llama"),
-            "--dataset",
-            &repo("assets/data/capitals/train.json"),
-            "--eval-dataset",
-            &repo("assets/data/capitals/eval.json"),
-            "--output",
-            out.path().to_str().unwrap(),
-            "--max-steps",
-            "15",
-            "--qlora",
-            "--samples",
-            "0",
-            "--quiet",
-        ])
+        .arg("finetune")
+        .args(args)
+        .arg("--quiet")
         .output()
         .unwrap();
     assert!(
@@ -127,13 +112,36 @@ fn finetune_qlora_trains_adapters_on_an_nf4_base() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
-    assert_eq!(summary["method"], "qlora");
-    let (before, after) = (
+    serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap()
+}
+
+fn eval_losses(summary: &serde_json::Value) -> (f64, f64) {
+    (
         summary["eval_loss_before"].as_f64().unwrap(),
         summary["eval_loss_after"].as_f64().unwrap(),
-    );
+    )
+}
+
+#[test]
+fn finetune_qlora_trains_adapters_on_an_nf4_base() {
+    let out = tempfile::tempdir().unwrap();
+    let summary = finetune(&[
+        "--model",
+        &repo("assets/tiny-llama"),
+        "--dataset",
+        &repo("assets/data/capitals/train.json"),
+        "--eval-dataset",
+        &repo("assets/data/capitals/eval.json"),
+        "--output",
+        out.path().to_str().unwrap(),
+        "--max-steps",
+        "15",
+        "--qlora",
+        "--samples",
+        "0",
+    ]);
+    assert_eq!(summary["method"], "qlora");
+    let (before, after) = eval_losses(&summary);
     assert!(after < before - 0.5, "eval loss {before} -> {after}");
     assert!(out.path().join("final/adapter_model.safetensors").is_file());
 }
@@ -142,44 +150,29 @@ fn finetune_qlora_trains_adapters_on_an_nf4_base() {
 fn finetune_packs_text_only_data_for_continued_pretraining() {
     let out = tempfile::tempdir().unwrap();
     let data = repo("assets/data/moby-dick-eval.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
-        .args([
-            "finetune",
-            "--model",
-            &repo("assets/tiny-llama"),
-            "--dataset",
-            &data,
-            "--eval-dataset",
-            &data,
-            "--output",
-            out.path().to_str().unwrap(),
-            "--block-size",
-            "256",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "1",
-            "--learning-rate",
-            "3e-3",
-            "--samples",
-            "0",
-            "--quiet",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    let summary = finetune(&[
+        "--model",
+        &repo("assets/tiny-llama"),
+        "--dataset",
+        &data,
+        "--eval-dataset",
+        &data,
+        "--output",
+        out.path().to_str().unwrap(),
+        "--block-size",
+        "256",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "3e-3",
+        "--samples",
+        "0",
+    ]);
     // 40 paragraphs packed into 256-token rows, two rows per step: far fewer than 20 steps.
     let steps = summary["steps"].as_u64().unwrap();
     assert!(steps < 20, "{steps} steps: samples were not packed");
-    let (before, after) = (
-        summary["eval_loss_before"].as_f64().unwrap(),
-        summary["eval_loss_after"].as_f64().unwrap(),
-    );
+    let (before, after) = eval_losses(&summary);
     assert!(after < before, "eval loss {before} -> {after}");
 }

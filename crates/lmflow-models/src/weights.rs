@@ -352,25 +352,7 @@ fn convert(bytes: &[u8], stored: Dtype, shape: &[usize], target: FloatDType) -> 
         }
         _ => {}
     }
-    let values: Vec<f32> = match stored {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        _ => return None,
-    };
+    let values = lmflow_peft::io::floats(stored, bytes)?;
     Some(match target {
         FloatDType::F32 | FloatDType::Flex32 => TensorData::new(values, shape),
         FloatDType::F64 => TensorData::new(values.into_iter().map(f64::from).collect(), shape),

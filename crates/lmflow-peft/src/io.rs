@@ -79,8 +79,9 @@ impl HostTensors {
     }
 }
 
-/// Decodes little-endian float bytes (f32, f16, bf16, f64) to f32.
-pub(crate) fn floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+/// Decodes little-endian safetensors float bytes (f32, f16, bf16, f64) to f32; `None` for
+/// other dtypes. Shared with `lmflow-models`' checkpoint reader.
+pub fn floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
