@@ -268,7 +268,10 @@ fn qlora_on_a_loaded_model_reports_base_memory() {
     let lcfg = LoraConfig::new(4, 8.0, TargetModules::Pattern("all-linear".into()));
     let report = lmflow_peft::inject_adapter(&mut model, &lcfg, "default").unwrap();
     assert_eq!(report.adapted.len(), 2 * 7);
-    let _ = logits(&model, &device);
+    // A fresh LoRA (B = 0) leaves the NF4 model's logits unchanged.
+    let adapted = logits(&model, &device);
+    let d = max_diff(&adapted, &q_logits);
+    assert!(d < 1e-5, "fresh adapters changed the NF4 logits by {d}");
 }
 
 #[test]

@@ -257,6 +257,9 @@ pub fn tokenize_dataset(
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = resolve(args.device)?.autodiff();
     let mut cfg = trainer_config(&args)?;
+    // Every random draw of the run (adapter initialisation, dropout) comes from the backend's
+    // generator: seed it so that the same `--seed` gives the same run.
+    device.seed(cfg.seed);
     let pretrained = load_pretrained(&args.model, &device, &LoadOptions::default())?;
     let tokenizer = pretrained
         .tokenizer

@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod chat;
 mod data;
 mod device;
@@ -35,6 +36,8 @@ enum Command {
     Chat(chat::Args),
     /// Merge a LoRA/DoRA adapter into its base model and write a full model folder.
     Merge(merge::Args),
+    /// Benchmark training or decoding throughput (one JSON line; see bench/compare.sh).
+    Bench(bench::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {

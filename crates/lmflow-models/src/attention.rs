@@ -113,24 +113,14 @@ pub fn position_ids_from_attention_mask(attention_mask: Tensor<2, Int>) -> Tenso
     positions.mask_fill(padding, 1)
 }
 
-/// Repeats each key/value head `n_rep` times (grouped-query attention), as `repeat_kv` in
-/// `transformers`.
-///
-/// # Shapes
-/// - input: `[batch, kv_heads, len, head_dim]`
-/// - output: `[batch, kv_heads * n_rep, len, head_dim]`
-pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, l, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, l, d])
-        .reshape([b, h * n_rep, l, d])
-}
-
 /// Scaled dot-product attention with an additive bias; scores and softmax in f32, output in the
-/// dtype of `values`. Key/value heads are repeated to the query heads when fewer.
+/// dtype of `values`.
+///
+/// Grouped-query attention is computed without repeating keys and values: the queries of the
+/// `heads / kv_heads` heads that share a key/value head are viewed as one group
+/// (`[batch, kv_heads, group, seq, head_dim]`) and multiplied against that head's keys by a
+/// broadcast batched matmul, so no `[batch, heads, kv_len, head_dim]` copy of the cache is made
+/// (equal to `transformers`' `repeat_kv` + attention).
 ///
 /// # Shapes
 /// - queries: `[batch, heads, seq, head_dim]`
@@ -144,20 +134,21 @@ pub fn scaled_dot_product_attention(
     bias: Option<&Tensor<4>>,
     scale: f64,
 ) -> Tensor<4> {
-    let [b, heads, seq, _] = queries.dims();
+    let [b, heads, seq, d] = queries.dims();
     let kv_heads = keys.dims()[1];
-    let kv_len = keys.dims()[2];
-    let n_rep = heads / kv_heads.max(1);
-    let keys = repeat_kv(keys, n_rep);
-    let values = repeat_kv(values, n_rep);
+    let group = heads / kv_heads.max(1);
     let out_dtype = values.dtype();
-    let mut scores = queries
-        .matmul(keys.swap_dims(2, 3))
+    let q: Tensor<5> = queries.reshape([b, kv_heads, group, seq, d]);
+    let k: Tensor<5> = keys.unsqueeze_dim(2);
+    let v: Tensor<5> = values.unsqueeze_dim(2);
+    let mut scores = q
+        .matmul(k.swap_dims(3, 4))
         .cast(DType::F32)
         .mul_scalar(scale);
     if let Some(bias) = bias {
-        scores = scores.add(bias.clone().expand([b, heads, seq, kv_len]));
+        let bias: Tensor<5> = bias.clone().unsqueeze_dim(2);
+        scores = scores.add(bias);
     }
-    let probs = softmax(scores, 3).cast(out_dtype);
-    probs.matmul(values)
+    let probs = softmax(scores, 4).cast(out_dtype);
+    probs.matmul(v).reshape([b, heads, seq, d])
 }

@@ -443,7 +443,7 @@ impl Gpt2Model {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => burn::tensor::module::linear(hidden, self.wte.val().transpose(), None),
+            None => lmflow_peft::linear::matmul_t(hidden, self.wte.val(), None),
         }
     }
 

@@ -622,11 +622,7 @@ impl LlamaModel {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => burn::tensor::module::linear(
-                hidden,
-                self.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            None => lmflow_peft::linear::matmul_t(hidden, self.embed_tokens.weight.val(), None),
         }
     }
 

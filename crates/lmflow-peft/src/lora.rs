@@ -148,8 +148,8 @@ impl LoraAdapter {
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = burn::tensor::module::linear(x, self.lora_a.val().transpose(), None);
-        let y = burn::tensor::module::linear(h, self.lora_b.val().transpose(), None);
+        let h = crate::linear::matmul_t(x, self.lora_a.val(), None);
+        let y = crate::linear::matmul_t(h, self.lora_b.val(), None);
         y.mul_scalar(self.scale)
     }
 
@@ -175,7 +175,7 @@ impl LoraAdapter {
         let norm = self.dora_weight_norm(weight.clone());
         let c: Tensor<D> = (m.val() / norm).unsqueeze();
         let base_result = if self.dropout_prob > 0.0 {
-            burn::tensor::module::linear(x.clone(), weight.transpose(), None)
+            crate::linear::matmul_t(x.clone(), weight, None)
         } else {
             match bias {
                 Some(b) => base_out.clone() - b.unsqueeze(),

@@ -187,6 +187,10 @@ impl Trainer {
             }
             resumed_from = Some(ckpt);
         }
+        // Dropout masks come from the backend's generator: seed it from the run's seed and the
+        // step the run starts at, so that a run and its repetition draw the same masks.
+        self.device
+            .seed(cfg.seed.wrapping_add(state.global_step as u64));
         let mut metrics = MetricsWriter::open(&out_dir.join("metrics.jsonl"))?;
         metrics.truncate_after(state.global_step)?;
         on_event(TrainEvent::Started {
