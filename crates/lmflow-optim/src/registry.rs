@@ -9,575 +9,126 @@
 //! error that lists what is accepted. `lr` is the peak learning rate handed to the schedule.
 
 use burn::module::Module;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    AdaGradConfig, AdafactorConfig, AdamConfig, AdamWConfig, AdanConfig, GradientsParams,
-    LambConfig, LearningRate, LionConfig, ModuleOptimizer, MuonConfig, RmsPropConfig, SgdConfig,
-};
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::groups::ParamGroupsConfig;
 use crate::optimizers::*;
 
-macro_rules! spec {
-    (
-        $(#[$meta:meta])*
-        $name:ident { $( $(#[$fm:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)? }
-    ) => {
-        $(#[$meta])*
+mod builtin;
+mod spec;
+
+pub use builtin::*;
+pub use spec::{ConfigSpec, Registered, Switches};
+pub(crate) use spec::{invalid, registered};
+
+/// One registry entry: its peak learning rate, its checks and its builder.
+pub(crate) trait Entry {
+    /// The peak learning rate.
+    fn lr(&self) -> f64;
+
+    /// Rejects the values the reference rejects, beyond the learning-rate check.
+    fn check(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Builds the optimizer over the parameter groups.
+    fn build(&self, groups: &ParamGroupsConfig) -> Result<BuiltOptimizer, Error>;
+}
+
+/// Declares [`OptimizerConfig`] (one variant per name, internally tagged by `name`),
+/// [`OPTIMIZER_NAMES`] and the dispatch to each variant's [`Entry`].
+macro_rules! registry {
+    ($( $(#[$doc:meta])* $variant:ident($spec:ty) = $name:literal $(| $alias:literal)*, )*) => {
+        /// Any optimizer, by name.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            $( $(#[$fm])* pub $field: $ty, )*
+        #[serde(tag = "name")]
+        pub enum OptimizerConfig {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $name $(, alias = $alias)*)]
+                $variant($spec),
+            )*
         }
 
-        impl Default for $name {
-            fn default() -> Self {
-                Self { $( $field: $default, )* }
+        /// Every name the registry accepts.
+        pub const OPTIMIZER_NAMES: &[&str] = &[$($name),*];
+
+        /// Other names the registry accepts for some optimizers.
+        const ALIASES: &[&str] = &[$($($alias,)*)*];
+
+        impl OptimizerConfig {
+            /// The registry name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)*
+                }
+            }
+
+            fn entry(&self) -> &dyn Entry {
+                match self {
+                    $(Self::$variant(spec) => spec,)*
+                }
             }
         }
     };
 }
 
-spec! {
-    /// `sgd` (`torch.optim.SGD`, Burn's `Sgd`).
-    SgdSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Momentum (default 0).
-        momentum: f64 = 0.0,
-        /// Dampening (default 0).
-        dampening: f64 = 0.0,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-        /// Nesterov momentum (default false).
-        nesterov: bool = false,
-    }
-}
-
-spec! {
-    /// `adam` and `adamw` (`torch.optim.Adam`/`AdamW`, Burn's `Adam`/`AdamW`). For `adam`
-    /// `weight_decay` is an L2 penalty, for `adamw` it is decoupled (default 0 as in HF
-    /// `TrainingArguments`, where `torch.optim.AdamW` would use 0.01).
-    AdamSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Moment decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Denominator epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// AMSGrad (default false).
-        amsgrad: bool = false,
-    }
-}
-
-spec! {
-    /// `adagrad` (`torch.optim.Adagrad`, Burn's `AdaGrad`).
-    AdagradSpec {
-        /// Learning rate (default 1e-2).
-        lr: f64 = 1e-2,
-        /// Learning-rate decay (default 0).
-        lr_decay: f64 = 0.0,
-        /// Denominator epsilon (default 1e-10).
-        eps: f64 = 1e-10,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `rmsprop` (`torch.optim.RMSprop`, Burn's `RmsProp`).
-    RmsPropSpec {
-        /// Learning rate (default 1e-2).
-        lr: f64 = 1e-2,
-        /// Smoothing constant (default 0.99).
-        alpha: f64 = 0.99,
-        /// Denominator epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-        /// Momentum (default 0).
-        momentum: f64 = 0.0,
-        /// Centered variant (default false).
-        centered: bool = false,
-    }
-}
-
-spec! {
-    /// `lion` (Burn's `Lion`; Chen et al. 2023).
-    LionSpec {
-        /// Learning rate (default 1e-4).
-        lr: f64 = 1e-4,
-        /// Interpolation and momentum decays (default [0.9, 0.99]).
-        betas: [f64; 2] = [0.9, 0.99],
-        /// Decoupled weight decay (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `lamb` (Burn's `Lamb`).
-    LambSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Moment decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Denominator epsilon (default 1e-6).
-        eps: f64 = 1e-6,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `adan` (Burn's `Adan`; Xie et al. 2022).
-    AdanSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// The three decays (default [0.98, 0.92, 0.99]).
-        betas: [f64; 3] = [0.98, 0.92, 0.99],
-        /// Denominator epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Decay without the proximal form (default false).
-        no_prox: bool = false,
-    }
-}
-
-spec! {
-    /// `adafactor` (Burn's `Adafactor`, relative step; `lr` is ignored while `relative_step`).
-    AdafactorSpec {
-        /// Learning rate handed to the optimizer (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Time-dependent relative step size (default true).
-        relative_step: bool = true,
-        /// Scale the step by the parameter RMS (default true).
-        scale_parameter: bool = true,
-        /// Update clipping threshold (default 1.0).
-        clip_threshold: f64 = 1.0,
-        /// Second-moment decay exponent (default -0.8).
-        decay_rate: f64 = -0.8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `muon` (Burn's `Muon`, for 2-D weights; Jordan et al. 2024).
-    MuonSpec {
-        /// Learning rate (default 2e-2).
-        lr: f64 = 2e-2,
-        /// Momentum (default 0.95, Nesterov).
-        momentum: f64 = 0.95,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-        /// Newton-Schulz iterations (default 5).
-        ns_steps: usize = 5,
-    }
-}
-
-spec! {
-    /// `adamw_8bit` (AdamW with 8-bit blockwise state; defaults of bitsandbytes' `AdamW8bit`).
-    AdamW8bitSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Moment decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Denominator epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Decoupled weight decay (default 1e-2).
-        weight_decay: f64 = 1e-2,
-        /// Elements per quantisation block (default 256).
-        block_size: usize = 256,
-        /// Tensors smaller than this keep f32 state (default 4096).
-        min_8bit_size: usize = 4096,
-    }
-}
-
-spec! {
-    /// `adamax` (`torch.optim.Adamax`).
-    AdamaxSpec {
-        /// Learning rate (default 2e-3).
-        lr: f64 = 2e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `nadam` (`torch.optim.NAdam`).
-    NAdamSpec {
-        /// Learning rate (default 2e-3).
-        lr: f64 = 2e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Momentum decay (default 4e-3).
-        momentum_decay: f64 = 4e-3,
-        /// Decoupled weight decay (default false).
-        decoupled_weight_decay: bool = false,
-    }
-}
-
-spec! {
-    /// `radam` (`torch.optim.RAdam`).
-    RAdamSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Decoupled weight decay (default false).
-        decoupled_weight_decay: bool = false,
-    }
-}
-
-spec! {
-    /// `adadelta` (`torch.optim.Adadelta`).
-    AdadeltaSpec {
-        /// Learning rate (default 1.0).
-        lr: f64 = 1.0,
-        /// Decay (default 0.9).
-        rho: f64 = 0.9,
-        /// Epsilon (default 1e-6).
-        eps: f64 = 1e-6,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `adabelief` (`adabelief-pytorch` 0.2.1).
-    AdaBeliefSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-16).
-        eps: f64 = 1e-16,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// AMSGrad (default false).
-        amsgrad: bool = false,
-        /// Decoupled weight decay (default true).
-        weight_decouple: bool = true,
-        /// Learning-rate-independent decay (default false).
-        fixed_decay: bool = false,
-        /// Rectification (default true).
-        rectify: bool = true,
-        /// SGD steps while unrectified (default true).
-        degenerated_to_sgd: bool = true,
-    }
-}
-
-spec! {
-    /// `adabound` (`torch-optimizer` 0.3.0).
-    AdaBoundSpec {
-        /// Learning rate (default 1e-3); also the reference's `base_lr`.
-        lr: f64 = 1e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Final SGD learning rate (default 0.1).
-        final_lr: f64 = 0.1,
-        /// Bound convergence speed (default 1e-3).
-        gamma: f64 = 1e-3,
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-        /// AMSBound (default false).
-        amsbound: bool = false,
-    }
-}
-
-spec! {
-    /// `yogi` (`torch-optimizer` 0.3.0).
-    YogiSpec {
-        /// Learning rate (default 1e-2).
-        lr: f64 = 1e-2,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-3).
-        eps: f64 = 1e-3,
-        /// Initial moments (default 1e-6).
-        initial_accumulator: f64 = 1e-6,
-        /// L2 penalty (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-spec! {
-    /// `adamp` (`torch-optimizer` 0.3.0).
-    AdamPSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Decoupled weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Projection threshold (default 0.1).
-        delta: f64 = 0.1,
-        /// Weight-decay ratio when projected (default 0.1).
-        wd_ratio: f64 = 0.1,
-        /// Nesterov (default false).
-        nesterov: bool = false,
-    }
-}
-
-spec! {
-    /// `sgdp` (`torch-optimizer` 0.3.0).
-    SgdpSpec {
-        /// Learning rate (default 1e-3).
-        lr: f64 = 1e-3,
-        /// Momentum (default 0).
-        momentum: f64 = 0.0,
-        /// Dampening (default 0).
-        dampening: f64 = 0.0,
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Decoupled weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Projection threshold (default 0.1).
-        delta: f64 = 0.1,
-        /// Weight-decay ratio when projected (default 0.1).
-        wd_ratio: f64 = 0.1,
-        /// Nesterov (default false).
-        nesterov: bool = false,
-    }
-}
-
-spec! {
-    /// `novograd` (`torch-optimizer` 0.3.0).
-    NovoGradSpec {
-        /// Learning rate (default 1e-2).
-        lr: f64 = 1e-2,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Gradient averaging (default false).
-        grad_averaging: bool = false,
-        /// AMSGrad (default false).
-        amsgrad: bool = false,
-    }
-}
-
-spec! {
-    /// `lars` (Lightning Bolts LARS, LMFlow's `LARS`).
-    LarsSpec {
-        /// Learning rate (default 1e-2).
-        lr: f64 = 1e-2,
-        /// Momentum (default 0).
-        momentum: f64 = 0.0,
-        /// Dampening (default 0).
-        dampening: f64 = 0.0,
-        /// Weight decay (default 0; LARS scaling needs it non-zero).
-        weight_decay: f64 = 0.0,
-        /// Nesterov (default false).
-        nesterov: bool = false,
-        /// Trust coefficient (default 0.01).
-        trust_coefficient: f64 = 0.01,
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-    }
-}
-
-spec! {
-    /// `sophiag` (official SophiaG).
-    SophiaGSpec {
-        /// Learning rate (default 1e-4).
-        lr: f64 = 1e-4,
-        /// Momentum and Hessian decays (default [0.965, 0.99]).
-        betas: [f64; 2] = [0.965, 0.99],
-        /// Clipping threshold (default 0.04).
-        rho: f64 = 0.04,
-        /// Decoupled weight decay (default 0.1).
-        weight_decay: f64 = 0.1,
-        /// Batch tokens scaling `rho` (default 5120).
-        bs: usize = 5120,
-    }
-}
-
-spec! {
-    /// `adamw_schedule_free` (`schedulefree` 1.2 AdamW).
-    AdamWScheduleFreeSpec {
-        /// Learning rate (default 2.5e-3).
-        lr: f64 = 2.5e-3,
-        /// Decays (default [0.9, 0.999]).
-        betas: [f64; 2] = [0.9, 0.999],
-        /// Epsilon (default 1e-8).
-        eps: f64 = 1e-8,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Internal warmup steps (default 0).
-        warmup_steps: usize = 0,
-        /// Averaging power `r` (default 0).
-        r: f64 = 0.0,
-        /// Learning-rate power of the averaging weights (default 2).
-        weight_lr_power: f64 = 2.0,
-    }
-}
-
-spec! {
-    /// `sgd_schedule_free` (`schedulefree` 1.2 SGD).
-    SgdScheduleFreeSpec {
-        /// Learning rate (default 1.0).
-        lr: f64 = 1.0,
-        /// Interpolation momentum (default 0.9).
-        momentum: f64 = 0.9,
-        /// Weight decay (default 0).
-        weight_decay: f64 = 0.0,
-        /// Internal warmup steps (default 0).
-        warmup_steps: usize = 0,
-        /// Averaging power `r` (default 0).
-        r: f64 = 0.0,
-        /// Learning-rate power of the averaging weights (default 2).
-        weight_lr_power: f64 = 2.0,
-    }
-}
-
-spec! {
-    /// `dummy` (LMFlow's no-op optimizer).
-    DummySpec {
-        /// Learning rate (default 0).
-        lr: f64 = 0.0,
-        /// Weight decay, the only effect (default 0).
-        weight_decay: f64 = 0.0,
-    }
-}
-
-/// Any optimizer, by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name")]
-pub enum OptimizerConfig {
+registry! {
     /// SGD (Burn).
-    #[serde(rename = "sgd")]
-    Sgd(SgdSpec),
+    Sgd(SgdSpec) = "sgd",
     /// Adam (Burn).
-    #[serde(rename = "adam")]
-    Adam(AdamSpec),
+    Adam(AdamSpec) = "adam",
     /// AdamW (Burn).
-    #[serde(rename = "adamw")]
-    AdamW(AdamSpec),
+    AdamW(AdamWSpec) = "adamw",
     /// AdamW with 8-bit state.
-    #[serde(rename = "adamw_8bit")]
-    AdamW8bit(AdamW8bitSpec),
+    AdamW8bit(ConfigSpec<AdamW8bitConfig>) = "adamw_8bit",
     /// Adagrad (Burn).
-    #[serde(rename = "adagrad")]
-    Adagrad(AdagradSpec),
+    Adagrad(AdagradSpec) = "adagrad",
     /// RMSprop (Burn).
-    #[serde(rename = "rmsprop")]
-    RmsProp(RmsPropSpec),
+    RmsProp(RmsPropSpec) = "rmsprop",
     /// Lion (Burn).
-    #[serde(rename = "lion")]
-    Lion(LionSpec),
+    Lion(LionSpec) = "lion",
     /// LAMB (Burn).
-    #[serde(rename = "lamb")]
-    Lamb(LambSpec),
+    Lamb(LambSpec) = "lamb",
     /// Adan (Burn).
-    #[serde(rename = "adan")]
-    Adan(AdanSpec),
+    Adan(AdanSpec) = "adan",
     /// Adafactor (Burn).
-    #[serde(rename = "adafactor")]
-    Adafactor(AdafactorSpec),
+    Adafactor(AdafactorSpec) = "adafactor",
     /// Muon (Burn).
-    #[serde(rename = "muon")]
-    Muon(MuonSpec),
+    Muon(MuonSpec) = "muon",
     /// Adamax.
-    #[serde(rename = "adamax")]
-    Adamax(AdamaxSpec),
+    Adamax(ConfigSpec<AdamaxConfig>) = "adamax",
     /// NAdam.
-    #[serde(rename = "nadam")]
-    NAdam(NAdamSpec),
+    NAdam(ConfigSpec<NAdamConfig>) = "nadam",
     /// RAdam.
-    #[serde(rename = "radam")]
-    RAdam(RAdamSpec),
+    RAdam(ConfigSpec<RAdamConfig>) = "radam",
     /// Adadelta.
-    #[serde(rename = "adadelta")]
-    Adadelta(AdadeltaSpec),
+    Adadelta(ConfigSpec<AdadeltaConfig>) = "adadelta",
     /// AdaBelief.
-    #[serde(rename = "adabelief")]
-    AdaBelief(AdaBeliefSpec),
+    AdaBelief(ConfigSpec<AdaBeliefConfig>) = "adabelief",
     /// AdaBound.
-    #[serde(rename = "adabound")]
-    AdaBound(AdaBoundSpec),
+    AdaBound(ConfigSpec<AdaBoundConfig>) = "adabound",
     /// Yogi.
-    #[serde(rename = "yogi")]
-    Yogi(YogiSpec),
+    Yogi(ConfigSpec<YogiConfig>) = "yogi",
     /// AdamP.
-    #[serde(rename = "adamp")]
-    AdamP(AdamPSpec),
+    AdamP(ConfigSpec<AdamPConfig>) = "adamp",
     /// SGDP.
-    #[serde(rename = "sgdp")]
-    Sgdp(SgdpSpec),
+    Sgdp(ConfigSpec<SgdpConfig>) = "sgdp",
     /// NovoGrad.
-    #[serde(rename = "novograd")]
-    NovoGrad(NovoGradSpec),
+    NovoGrad(ConfigSpec<NovoGradConfig>) = "novograd",
     /// LARS.
-    #[serde(rename = "lars")]
-    Lars(LarsSpec),
+    Lars(ConfigSpec<LarsConfig>) = "lars",
     /// SophiaG.
-    #[serde(rename = "sophiag", alias = "sophia")]
-    SophiaG(SophiaGSpec),
+    SophiaG(ConfigSpec<SophiaGConfig>) = "sophiag" | "sophia",
     /// Schedule-free AdamW.
-    #[serde(rename = "adamw_schedule_free")]
-    AdamWScheduleFree(AdamWScheduleFreeSpec),
+    AdamWScheduleFree(ConfigSpec<AdamWScheduleFreeConfig>) = "adamw_schedule_free",
     /// Schedule-free SGD.
-    #[serde(rename = "sgd_schedule_free")]
-    SgdScheduleFree(SgdScheduleFreeSpec),
+    SgdScheduleFree(ConfigSpec<SgdScheduleFreeConfig>) = "sgd_schedule_free",
     /// No-op.
-    #[serde(rename = "dummy")]
-    Dummy(DummySpec),
+    Dummy(ConfigSpec<DummyConfig>) = "dummy",
 }
-
-/// Every name the registry accepts.
-pub const OPTIMIZER_NAMES: &[&str] = &[
-    "sgd",
-    "adam",
-    "adamw",
-    "adamw_8bit",
-    "adagrad",
-    "rmsprop",
-    "lion",
-    "lamb",
-    "adan",
-    "adafactor",
-    "muon",
-    "adamax",
-    "nadam",
-    "radam",
-    "adadelta",
-    "adabelief",
-    "adabound",
-    "yogi",
-    "adamp",
-    "sgdp",
-    "novograd",
-    "lars",
-    "sophiag",
-    "adamw_schedule_free",
-    "sgd_schedule_free",
-    "dummy",
-];
 
 /// A built optimizer: the `ModuleOptimizer` to step a module with, plus the hooks some
 /// optimizers need (SophiaG's Hessian estimate, schedule-free's evaluation point).
@@ -594,6 +145,16 @@ pub struct BuiltOptimizer {
 }
 
 impl BuiltOptimizer {
+    /// An optimizer without SophiaG's or schedule-free's hooks.
+    pub(crate) fn plain(optimizer: ModuleOptimizer, lr: f64) -> Self {
+        Self {
+            optimizer,
+            lr,
+            hessian: None,
+            schedule_free: None,
+        }
+    }
+
     /// One update of `module` with `grads` at learning rate `lr`.
     pub fn step<M: Module>(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
         self.optimizer.step(lr, module, grads)
@@ -634,10 +195,6 @@ impl BuiltOptimizer {
     }
 }
 
-fn l2(weight_decay: f64) -> Option<WeightDecayConfig> {
-    (weight_decay != 0.0).then(|| WeightDecayConfig::new(weight_decay as f32))
-}
-
 impl OptimizerConfig {
     /// Parses a JSON config. An unknown name or field gives an error listing the valid ones.
     pub fn from_json(json: &str) -> Result<Self, Error> {
@@ -653,7 +210,7 @@ impl OptimizerConfig {
     pub fn from_value(value: serde_json::Value) -> Result<Self, Error> {
         if let Some(name) = value.get("name").and_then(|n| n.as_str())
             && !OPTIMIZER_NAMES.contains(&name)
-            && name != "sophia"
+            && !ALIASES.contains(&name)
         {
             return Err(Error::UnknownOptimizer {
                 name: name.to_string(),
@@ -666,69 +223,9 @@ impl OptimizerConfig {
         })
     }
 
-    /// The registry name.
-    pub fn name(&self) -> &'static str {
-        use OptimizerConfig::*;
-        match self {
-            Sgd(_) => "sgd",
-            Adam(_) => "adam",
-            AdamW(_) => "adamw",
-            AdamW8bit(_) => "adamw_8bit",
-            Adagrad(_) => "adagrad",
-            RmsProp(_) => "rmsprop",
-            Lion(_) => "lion",
-            Lamb(_) => "lamb",
-            Adan(_) => "adan",
-            Adafactor(_) => "adafactor",
-            Muon(_) => "muon",
-            Adamax(_) => "adamax",
-            NAdam(_) => "nadam",
-            RAdam(_) => "radam",
-            Adadelta(_) => "adadelta",
-            AdaBelief(_) => "adabelief",
-            AdaBound(_) => "adabound",
-            Yogi(_) => "yogi",
-            AdamP(_) => "adamp",
-            Sgdp(_) => "sgdp",
-            NovoGrad(_) => "novograd",
-            Lars(_) => "lars",
-            SophiaG(_) => "sophiag",
-            AdamWScheduleFree(_) => "adamw_schedule_free",
-            SgdScheduleFree(_) => "sgd_schedule_free",
-            Dummy(_) => "dummy",
-        }
-    }
-
     /// The peak learning rate of the config.
     pub fn lr(&self) -> f64 {
-        use OptimizerConfig::*;
-        match self {
-            Sgd(s) => s.lr,
-            Adam(s) | AdamW(s) => s.lr,
-            AdamW8bit(s) => s.lr,
-            Adagrad(s) => s.lr,
-            RmsProp(s) => s.lr,
-            Lion(s) => s.lr,
-            Lamb(s) => s.lr,
-            Adan(s) => s.lr,
-            Adafactor(s) => s.lr,
-            Muon(s) => s.lr,
-            Adamax(s) => s.lr,
-            NAdam(s) => s.lr,
-            RAdam(s) => s.lr,
-            Adadelta(s) => s.lr,
-            AdaBelief(s) => s.lr,
-            AdaBound(s) => s.lr,
-            Yogi(s) => s.lr,
-            AdamP(s) => s.lr,
-            Sgdp(s) => s.lr,
-            NovoGrad(s) => s.lr,
-            Lars(s) => s.lr,
-            SophiaG(s) => s.lr,
-            AdamWScheduleFree(s) => s.lr,
-            SgdScheduleFree(s) => s.lr,
-            Dummy(s) => s.lr,
-        }
+        self.entry().lr()
     }
 
     /// Builds the optimizer with one group (every parameter decays, one learning rate), as
@@ -739,305 +236,16 @@ impl OptimizerConfig {
 
     /// Checks the values the reference implementations reject.
     pub fn validate(&self) -> Result<(), Error> {
-        use OptimizerConfig::*;
-        let invalid = |field, reason: String| {
-            Err(Error::InvalidValue {
-                what: "optimizer",
-                field,
-                reason,
-            })
-        };
         let lr = self.lr();
         if !(lr.is_finite() && lr >= 0.0) {
-            return invalid("lr", format!("{lr} is not a non-negative number"));
+            return Err(invalid("lr", format!("{lr} is not a non-negative number")));
         }
-        match self {
-            AdaBound(s) if s.lr <= 0.0 => invalid(
-                "lr",
-                "adabound's bounds are relative to a positive lr".into(),
-            ),
-            AdamWScheduleFree(s) if !(s.betas[0] > 0.0 && s.betas[0] < 1.0) => invalid(
-                "betas",
-                format!("beta_1 {} must be in (0, 1) for schedule-free", s.betas[0]),
-            ),
-            SgdScheduleFree(s) if !(s.momentum > 0.0 && s.momentum < 1.0) => invalid(
-                "momentum",
-                format!("{} must be in (0, 1) for schedule-free", s.momentum),
-            ),
-            Lars(s) if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) => invalid(
-                "nesterov",
-                "Nesterov momentum requires a momentum and zero dampening".into(),
-            ),
-            _ => Ok(()),
-        }
+        self.entry().check()
     }
 
     /// Builds the optimizer with parameter groups (weight-decay exclusion, learning-rate ratios).
     pub fn build_with_groups(&self, groups: &ParamGroupsConfig) -> Result<BuiltOptimizer, Error> {
-        use OptimizerConfig::*;
         self.validate()?;
-        let mut hessian = None;
-        let mut schedule_free = None;
-        let optimizer = match self {
-            Sgd(s) => groups.assemble(s.weight_decay, |wd| {
-                SgdConfig::new()
-                    .with_weight_decay(l2(wd))
-                    .with_momentum((s.momentum != 0.0).then_some(MomentumConfig {
-                        momentum: s.momentum,
-                        dampening: s.dampening,
-                        nesterov: s.nesterov,
-                    }))
-                    .build()
-            })?,
-            Adam(s) => groups.assemble(s.weight_decay, |wd| {
-                AdamConfig::new()
-                    .with_beta_1(s.betas[0] as f32)
-                    .with_beta_2(s.betas[1] as f32)
-                    .with_epsilon(s.eps as f32)
-                    .with_amsgrad(s.amsgrad)
-                    .with_weight_decay(l2(wd))
-                    .build()
-            })?,
-            AdamW(s) => groups.assemble(s.weight_decay, |wd| {
-                AdamWConfig::new()
-                    .with_beta_1(s.betas[0] as f32)
-                    .with_beta_2(s.betas[1] as f32)
-                    .with_epsilon(s.eps as f32)
-                    .with_amsgrad(s.amsgrad)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            })?,
-            AdamW8bit(s) => groups.assemble(s.weight_decay, |wd| {
-                AdamW8bitConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_block_size(s.block_size)
-                    .with_min_8bit_size(s.min_8bit_size)
-                    .build()
-            })?,
-            Adagrad(s) => groups.assemble(s.weight_decay, |wd| {
-                AdaGradConfig::new()
-                    .with_lr_decay(s.lr_decay)
-                    .with_epsilon(s.eps as f32)
-                    .with_weight_decay(l2(wd))
-                    .build()
-            })?,
-            RmsProp(s) => groups.assemble(s.weight_decay, |wd| {
-                RmsPropConfig::new()
-                    .with_alpha(s.alpha as f32)
-                    .with_epsilon(s.eps as f32)
-                    .with_momentum(s.momentum as f32)
-                    .with_centered(s.centered)
-                    .with_weight_decay(l2(wd))
-                    .build()
-            })?,
-            Lion(s) => groups.assemble(s.weight_decay, |wd| {
-                LionConfig::new()
-                    .with_beta_1(s.betas[0] as f32)
-                    .with_beta_2(s.betas[1] as f32)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            })?,
-            Lamb(s) => groups.assemble(s.weight_decay, |wd| {
-                LambConfig::new()
-                    .with_beta_1(s.betas[0] as f32)
-                    .with_beta_2(s.betas[1] as f32)
-                    .with_epsilon(s.eps as f32)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            })?,
-            Adan(s) => groups.assemble(s.weight_decay, |wd| {
-                AdanConfig::new()
-                    .with_beta_1(s.betas[0] as f32)
-                    .with_beta_2(s.betas[1] as f32)
-                    .with_beta_3(s.betas[2] as f32)
-                    .with_epsilon(s.eps as f32)
-                    .with_no_prox(s.no_prox)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            })?,
-            Adafactor(s) => groups.assemble(s.weight_decay, |wd| {
-                AdafactorConfig::new()
-                    .with_relative_step(s.relative_step)
-                    .with_scale_parameter(s.scale_parameter)
-                    .with_clip_threshold(s.clip_threshold as f32)
-                    .with_decay_rate(s.decay_rate)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            })?,
-            Muon(s) => groups.assemble(s.weight_decay, |wd| {
-                MuonConfig::new()
-                    .with_weight_decay(l2(wd))
-                    .with_momentum(MomentumConfig {
-                        momentum: s.momentum,
-                        dampening: 0.0,
-                        nesterov: true,
-                    })
-                    .with_ns_steps(s.ns_steps)
-                    .build()
-            })?,
-            Adamax(s) => groups.assemble(s.weight_decay, |wd| {
-                AdamaxConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .build()
-            })?,
-            NAdam(s) => groups.assemble(s.weight_decay, |wd| {
-                NAdamConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_momentum_decay(s.momentum_decay)
-                    .with_decoupled_weight_decay(s.decoupled_weight_decay)
-                    .build()
-            })?,
-            RAdam(s) => groups.assemble(s.weight_decay, |wd| {
-                RAdamConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_decoupled_weight_decay(s.decoupled_weight_decay)
-                    .build()
-            })?,
-            Adadelta(s) => groups.assemble(s.weight_decay, |wd| {
-                AdadeltaConfig::new()
-                    .with_rho(s.rho)
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .build()
-            })?,
-            AdaBelief(s) => groups.assemble(s.weight_decay, |wd| {
-                AdaBeliefConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_amsgrad(s.amsgrad)
-                    .with_weight_decouple(s.weight_decouple)
-                    .with_fixed_decay(s.fixed_decay)
-                    .with_rectify(s.rectify)
-                    .with_degenerated_to_sgd(s.degenerated_to_sgd)
-                    .build()
-            })?,
-            AdaBound(s) => groups.assemble(s.weight_decay, |wd| {
-                AdaBoundConfig::new()
-                    .with_initial_lr(s.lr)
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_final_lr(s.final_lr)
-                    .with_gamma(s.gamma)
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_amsbound(s.amsbound)
-                    .build()
-            })?,
-            Yogi(s) => groups.assemble(s.weight_decay, |wd| {
-                YogiConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_initial_accumulator(s.initial_accumulator)
-                    .with_weight_decay(wd)
-                    .build()
-            })?,
-            AdamP(s) => groups.assemble(s.weight_decay, |wd| {
-                AdamPConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_delta(s.delta)
-                    .with_wd_ratio(s.wd_ratio)
-                    .with_nesterov(s.nesterov)
-                    .build()
-            })?,
-            Sgdp(s) => groups.assemble(s.weight_decay, |wd| {
-                SgdpConfig::new()
-                    .with_momentum(s.momentum)
-                    .with_dampening(s.dampening)
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_delta(s.delta)
-                    .with_wd_ratio(s.wd_ratio)
-                    .with_nesterov(s.nesterov)
-                    .build()
-            })?,
-            NovoGrad(s) => groups.assemble(s.weight_decay, |wd| {
-                NovoGradConfig::new()
-                    .with_beta_1(s.betas[0])
-                    .with_beta_2(s.betas[1])
-                    .with_epsilon(s.eps)
-                    .with_weight_decay(wd)
-                    .with_grad_averaging(s.grad_averaging)
-                    .with_amsgrad(s.amsgrad)
-                    .build()
-            })?,
-            Lars(s) => groups.assemble(s.weight_decay, |wd| {
-                LarsConfig::new()
-                    .with_momentum(s.momentum)
-                    .with_dampening(s.dampening)
-                    .with_weight_decay(wd)
-                    .with_nesterov(s.nesterov)
-                    .with_trust_coefficient(s.trust_coefficient)
-                    .with_epsilon(s.eps)
-                    .build()
-            })?,
-            SophiaG(s) => {
-                let switch = HessianSwitch::default();
-                hessian = Some(switch.clone());
-                groups.assemble(s.weight_decay, |wd| {
-                    SophiaGConfig::new()
-                        .with_beta_1(s.betas[0])
-                        .with_beta_2(s.betas[1])
-                        .with_rho(s.rho)
-                        .with_weight_decay(wd)
-                        .with_bs(s.bs)
-                        .build_with_switch(switch.clone())
-                })?
-            }
-            AdamWScheduleFree(s) => {
-                let switch = ScheduleFreeSwitch::default();
-                schedule_free = Some(switch.clone());
-                groups.assemble(s.weight_decay, |wd| {
-                    AdamWScheduleFreeConfig::new()
-                        .with_beta_1(s.betas[0])
-                        .with_beta_2(s.betas[1])
-                        .with_epsilon(s.eps)
-                        .with_weight_decay(wd)
-                        .with_warmup_steps(s.warmup_steps)
-                        .with_r(s.r)
-                        .with_weight_lr_power(s.weight_lr_power)
-                        .build_with_switch(switch.clone())
-                })?
-            }
-            SgdScheduleFree(s) => {
-                let switch = ScheduleFreeSwitch::default();
-                schedule_free = Some(switch.clone());
-                groups.assemble(s.weight_decay, |wd| {
-                    SgdScheduleFreeConfig::new()
-                        .with_momentum(s.momentum)
-                        .with_weight_decay(wd)
-                        .with_warmup_steps(s.warmup_steps)
-                        .with_r(s.r)
-                        .with_weight_lr_power(s.weight_lr_power)
-                        .build_with_switch(switch.clone())
-                })?
-            }
-            Dummy(s) => groups.assemble(s.weight_decay, |wd| {
-                DummyConfig::new().with_weight_decay(wd).build()
-            })?,
-        };
-        Ok(BuiltOptimizer {
-            optimizer,
-            lr: self.lr(),
-            hessian,
-            schedule_free,
-        })
+        self.entry().build(groups)
     }
 }

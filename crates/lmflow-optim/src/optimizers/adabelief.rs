@@ -1,13 +1,18 @@
 //! AdaBelief (Zhuang et al. 2020), as `adabelief-pytorch` 0.2.1 (LMFlow's `AdaBelief`).
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
-use super::state::{bias_correction, optimizer_state};
+use crate::registry::registered;
+
+use super::state::{
+    Step, adam_denom, apply_weight_decay, bias_correction, config_optimizer, ema, optimizer_state,
+    running_max,
+};
 
 /// Configuration of [`AdaBelief`]; defaults are `adabelief-pytorch` 0.2.1's.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdaBeliefConfig {
     /// Decay of the first moment.
     #[config(default = 0.9)]
@@ -38,19 +43,11 @@ pub struct AdaBeliefConfig {
     pub degenerated_to_sgd: bool,
 }
 
-impl AdaBeliefConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> AdaBelief {
-        AdaBelief {
-            config: self.clone(),
-        }
-    }
-}
+registered!(AdaBeliefConfig => AdaBelief, lr = 1e-3);
 
-/// AdaBelief optimizer: Adam whose step adapts to the "belief" in the gradient.
-#[derive(Clone, Debug)]
-pub struct AdaBelief {
-    config: AdaBeliefConfig,
+config_optimizer! {
+    /// AdaBelief optimizer: Adam whose step adapts to the "belief" in the gradient.
+    pub struct AdaBelief(AdaBeliefConfig) -> AdaBeliefState = update;
 }
 
 optimizer_state! {
@@ -73,89 +70,60 @@ optimizer_state! {
     }
 }
 
-impl Optimizer for AdaBelief {
-    type State<const D: usize> = AdaBeliefState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let state = state.unwrap_or_else(|| AdaBeliefState {
-            exp_avg: tensor.zeros_like(),
-            exp_avg_var: tensor.zeros_like(),
-            max_exp_avg_var: c.amsgrad.then(|| tensor.zeros_like()),
-            step: 0,
-        });
-        let (tensor, grad) = if c.weight_decouple {
-            let factor = if c.fixed_decay {
-                1.0 - c.weight_decay
-            } else {
-                1.0 - lr * c.weight_decay
-            };
-            (tensor.mul_scalar(factor), grad)
-        } else if c.weight_decay != 0.0 {
-            let grad = grad + tensor.clone().mul_scalar(c.weight_decay);
-            (tensor, grad)
+fn update<const D: usize>(
+    c: &AdaBeliefConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdaBeliefState<D>>,
+) -> Step<D, AdaBeliefState<D>> {
+    let state = state.unwrap_or_else(|| AdaBeliefState {
+        exp_avg: tensor.zeros_like(),
+        exp_avg_var: tensor.zeros_like(),
+        max_exp_avg_var: c.amsgrad.then(|| tensor.zeros_like()),
+        step: 0,
+    });
+    let (tensor, grad) = if c.weight_decouple && c.fixed_decay {
+        (tensor.mul_scalar(1.0 - c.weight_decay), grad)
+    } else {
+        apply_weight_decay(tensor, grad, lr, c.weight_decay, c.weight_decouple)
+    };
+    let step = state.step + 1;
+    let bc1 = bias_correction(c.beta_1, step);
+    let exp_avg = ema(state.exp_avg, grad.clone(), c.beta_1);
+    let residual = grad - exp_avg.clone();
+    // The reference adds eps to the variance in place every step.
+    let exp_avg_var = ema(state.exp_avg_var, residual.square(), c.beta_2).add_scalar(c.epsilon);
+    let max_exp_avg_var = running_max(c.amsgrad, state.max_exp_avg_var, &exp_avg_var);
+    let tensor = if !c.rectify {
+        let var = max_exp_avg_var.as_ref().unwrap_or(&exp_avg_var).clone();
+        let denom = adam_denom(var, bias_correction(c.beta_2, step), c.epsilon);
+        tensor - exp_avg.clone().div(denom).mul_scalar(lr / bc1)
+    } else {
+        let t = step as f64;
+        let beta2_t = c.beta_2.powi(step as i32);
+        let n_sma_max = 2.0 / (1.0 - c.beta_2) - 1.0;
+        let n_sma = n_sma_max - 2.0 * t * beta2_t / (1.0 - beta2_t);
+        if n_sma >= 5.0 {
+            let step_size = ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0)
+                / n_sma
+                * n_sma_max
+                / (n_sma_max - 2.0))
+                .sqrt()
+                / bc1;
+            let denom = exp_avg_var.clone().sqrt().add_scalar(c.epsilon);
+            tensor - exp_avg.clone().div(denom).mul_scalar(step_size * lr)
+        } else if c.degenerated_to_sgd {
+            tensor - exp_avg.clone().mul_scalar(lr / bc1)
         } else {
-            (tensor, grad)
-        };
-        let step = state.step + 1;
-        let bc1 = bias_correction(c.beta_1, step);
-        let bc2 = bias_correction(c.beta_2, step);
-        let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let residual = grad - exp_avg.clone();
-        // The reference adds eps to the variance in place every step.
-        let exp_avg_var = (state.exp_avg_var.mul_scalar(c.beta_2)
-            + residual.square().mul_scalar(1.0 - c.beta_2))
-        .add_scalar(c.epsilon);
-        let max_exp_avg_var = if c.amsgrad {
-            Some(match state.max_exp_avg_var {
-                Some(m) => m.max_pair(exp_avg_var.clone()),
-                None => exp_avg_var.clone(),
-            })
-        } else {
-            None
-        };
-        let tensor = if !c.rectify {
-            let var = max_exp_avg_var.as_ref().unwrap_or(&exp_avg_var).clone();
-            let denom = var.sqrt().div_scalar(bc2.sqrt()).add_scalar(c.epsilon);
-            tensor - exp_avg.clone().div(denom).mul_scalar(lr / bc1)
-        } else {
-            let t = step as f64;
-            let beta2_t = c.beta_2.powi(step as i32);
-            let n_sma_max = 2.0 / (1.0 - c.beta_2) - 1.0;
-            let n_sma = n_sma_max - 2.0 * t * beta2_t / (1.0 - beta2_t);
-            if n_sma >= 5.0 {
-                let step_size =
-                    ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma
-                        * n_sma_max
-                        / (n_sma_max - 2.0))
-                        .sqrt()
-                        / bc1;
-                let denom = exp_avg_var.clone().sqrt().add_scalar(c.epsilon);
-                tensor - exp_avg.clone().div(denom).mul_scalar(step_size * lr)
-            } else if c.degenerated_to_sgd {
-                tensor - exp_avg.clone().mul_scalar(lr / bc1)
-            } else {
-                tensor
-            }
-        };
-        (
-            tensor,
-            Some(AdaBeliefState {
-                exp_avg,
-                exp_avg_var,
-                max_exp_avg_var,
-                step,
-            }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+            tensor
+        }
+    };
+    let state = AdaBeliefState {
+        exp_avg,
+        exp_avg_var,
+        max_exp_avg_var,
+        step,
+    };
+    (tensor, Some(state))
 }

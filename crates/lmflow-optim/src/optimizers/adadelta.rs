@@ -1,13 +1,15 @@
 //! Adadelta (Zeiler 2012), as `torch.optim.Adadelta`.
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
-use super::state::optimizer_state;
+use crate::registry::registered;
+
+use super::state::{Step, config_optimizer, ema, l2_penalty, optimizer_state};
 
 /// Configuration of [`Adadelta`]; defaults are `torch.optim.Adadelta`'s (its default `lr` is 1.0).
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdadeltaConfig {
     /// Decay of the running averages.
     #[config(default = 0.9)]
@@ -20,19 +22,11 @@ pub struct AdadeltaConfig {
     pub weight_decay: f64,
 }
 
-impl AdadeltaConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> Adadelta {
-        Adadelta {
-            config: self.clone(),
-        }
-    }
-}
+registered!(AdadeltaConfig => Adadelta, lr = 1.0);
 
-/// Adadelta optimizer.
-#[derive(Clone, Debug)]
-pub struct Adadelta {
-    config: AdadeltaConfig,
+config_optimizer! {
+    /// Adadelta optimizer.
+    pub struct Adadelta(AdadeltaConfig) -> AdadeltaState = update;
 }
 
 optimizer_state! {
@@ -52,51 +46,33 @@ optimizer_state! {
     }
 }
 
-impl Optimizer for Adadelta {
-    type State<const D: usize> = AdadeltaState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let state = state.unwrap_or_else(|| AdadeltaState {
-            square_avg: tensor.zeros_like(),
-            acc_delta: tensor.zeros_like(),
-            step: 0,
-        });
-        let grad = if c.weight_decay != 0.0 {
-            grad + tensor.clone().mul_scalar(c.weight_decay)
-        } else {
-            grad
-        };
-        let square_avg =
-            state.square_avg.mul_scalar(c.rho) + grad.clone().square().mul_scalar(1.0 - c.rho);
-        let std = square_avg.clone().add_scalar(c.epsilon).sqrt();
-        let delta = state
-            .acc_delta
-            .clone()
-            .add_scalar(c.epsilon)
-            .sqrt()
-            .div(std)
-            .mul(grad);
-        let acc_delta =
-            state.acc_delta.mul_scalar(c.rho) + delta.clone().square().mul_scalar(1.0 - c.rho);
-        let tensor = tensor - delta.mul_scalar(lr);
-        (
-            tensor,
-            Some(AdadeltaState {
-                square_avg,
-                acc_delta,
-                step: state.step + 1,
-            }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+fn update<const D: usize>(
+    c: &AdadeltaConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdadeltaState<D>>,
+) -> Step<D, AdadeltaState<D>> {
+    let state = state.unwrap_or_else(|| AdadeltaState {
+        square_avg: tensor.zeros_like(),
+        acc_delta: tensor.zeros_like(),
+        step: 0,
+    });
+    let grad = l2_penalty(grad, &tensor, c.weight_decay);
+    let square_avg = ema(state.square_avg, grad.clone().square(), c.rho);
+    let std = square_avg.clone().add_scalar(c.epsilon).sqrt();
+    let delta = state
+        .acc_delta
+        .clone()
+        .add_scalar(c.epsilon)
+        .sqrt()
+        .div(std)
+        .mul(grad);
+    let acc_delta = ema(state.acc_delta, delta.clone().square(), c.rho);
+    let state = AdadeltaState {
+        square_avg,
+        acc_delta,
+        step: state.step + 1,
+    };
+    (tensor - delta.mul_scalar(lr), Some(state))
 }

@@ -1,13 +1,15 @@
 //! Adamax (Kingma & Ba 2015, section 7.1), as `torch.optim.Adamax`.
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
-use super::state::{bias_correction, optimizer_state};
+use crate::registry::registered;
+
+use super::state::{Step, bias_correction, config_optimizer, ema, l2_penalty, optimizer_state};
 
 /// Configuration of [`Adamax`]; defaults are `torch.optim.Adamax`'s.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdamaxConfig {
     /// Decay of the first moment.
     #[config(default = 0.9)]
@@ -23,19 +25,11 @@ pub struct AdamaxConfig {
     pub weight_decay: f64,
 }
 
-impl AdamaxConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> Adamax {
-        Adamax {
-            config: self.clone(),
-        }
-    }
-}
+registered!(AdamaxConfig => Adamax, lr = 2e-3);
 
-/// Adamax optimizer: Adam with the infinity norm in place of the second moment.
-#[derive(Clone, Debug)]
-pub struct Adamax {
-    config: AdamaxConfig,
+config_optimizer! {
+    /// Adamax optimizer: Adam with the infinity norm in place of the second moment.
+    pub struct Adamax(AdamaxConfig) -> AdamaxState = update;
 }
 
 optimizer_state! {
@@ -55,49 +49,34 @@ optimizer_state! {
     }
 }
 
-impl Optimizer for Adamax {
-    type State<const D: usize> = AdamaxState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let grad = if c.weight_decay != 0.0 {
-            grad + tensor.clone().mul_scalar(c.weight_decay)
-        } else {
-            grad
-        };
-        let (exp_avg, exp_inf, step) = match state {
-            Some(s) => (
-                s.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1),
-                s.exp_inf
-                    .mul_scalar(c.beta_2)
-                    .max_pair(grad.abs().add_scalar(c.epsilon)),
-                s.step + 1,
-            ),
-            None => (
-                grad.clone().mul_scalar(1.0 - c.beta_1),
-                grad.abs().add_scalar(c.epsilon),
-                1,
-            ),
-        };
-        let clr = lr / bias_correction(c.beta_1, step);
-        let tensor = tensor - exp_avg.clone().div(exp_inf.clone()).mul_scalar(clr);
-        (
-            tensor,
-            Some(AdamaxState {
-                exp_avg,
-                exp_inf,
-                step,
-            }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+fn update<const D: usize>(
+    c: &AdamaxConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamaxState<D>>,
+) -> Step<D, AdamaxState<D>> {
+    let grad = l2_penalty(grad, &tensor, c.weight_decay);
+    let (exp_avg, exp_inf, step) = match state {
+        Some(s) => (
+            ema(s.exp_avg, grad.clone(), c.beta_1),
+            s.exp_inf
+                .mul_scalar(c.beta_2)
+                .max_pair(grad.abs().add_scalar(c.epsilon)),
+            s.step + 1,
+        ),
+        None => (
+            grad.clone().mul_scalar(1.0 - c.beta_1),
+            grad.abs().add_scalar(c.epsilon),
+            1,
+        ),
+    };
+    let clr = lr / bias_correction(c.beta_1, step);
+    let tensor = tensor - exp_avg.clone().div(exp_inf.clone()).mul_scalar(clr);
+    let state = AdamaxState {
+        exp_avg,
+        exp_inf,
+        step,
+    };
+    (tensor, Some(state))
 }

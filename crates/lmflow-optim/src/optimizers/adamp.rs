@@ -1,14 +1,16 @@
 //! AdamP (Heo et al. 2021), as `torch-optimizer` 0.3.0 (LMFlow's `AdamP`).
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
 use super::projection::project;
-use super::state::{bias_correction, optimizer_state};
+use crate::registry::registered;
+
+use super::state::{MomentState, Step, adam_denom, bias_correction, config_optimizer, ema};
 
 /// Configuration of [`AdamP`]; defaults are the reference's.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdamPConfig {
     /// Decay of the first moment.
     #[config(default = 0.9)]
@@ -33,88 +35,48 @@ pub struct AdamPConfig {
     pub nesterov: bool,
 }
 
-impl AdamPConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> AdamP {
-        AdamP {
-            config: self.clone(),
-        }
-    }
+registered!(AdamPConfig => AdamP, lr = 1e-3);
+
+config_optimizer! {
+    /// AdamP optimizer: Adam that removes the radial part of updates to scale-invariant weights.
+    pub struct AdamP(AdamPConfig) -> AdamPState = update;
 }
 
-/// AdamP optimizer: Adam that removes the radial part of updates to scale-invariant weights.
-#[derive(Clone, Debug)]
-pub struct AdamP {
-    config: AdamPConfig,
-}
+/// State of [`AdamP`] for one parameter.
+pub type AdamPState<const D: usize> = MomentState<D>;
 
-optimizer_state! {
-    /// State of [`AdamP`] for one parameter.
-    pub struct AdamPState {
-        tensors {
-            /// First moment.
-            exp_avg: Tensor<D>,
-            /// Second moment.
-            exp_avg_sq: Tensor<D>,
-        }
-        optional {}
-        scalars {
-            /// Number of steps taken.
-            step: usize,
-        }
-    }
-}
-
-impl Optimizer for AdamP {
-    type State<const D: usize> = AdamPState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let state = state.unwrap_or_else(|| AdamPState {
-            exp_avg: tensor.zeros_like(),
-            exp_avg_sq: tensor.zeros_like(),
-            step: 0,
-        });
-        let step = state.step + 1;
-        let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta_2)
-            + grad.clone().square().mul_scalar(1.0 - c.beta_2);
-        let denom = exp_avg_sq
-            .clone()
-            .sqrt()
-            .div_scalar(bias_correction(c.beta_2, step).sqrt())
-            .add_scalar(c.epsilon);
-        let step_size = lr / bias_correction(c.beta_1, step);
-        let perturb = if c.nesterov {
-            (exp_avg.clone().mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1))
-                .div(denom)
-        } else {
-            exp_avg.clone().div(denom)
-        };
-        let (perturb, wd_ratio, _) =
-            project(&tensor, &grad, perturb, c.delta, c.wd_ratio, c.epsilon);
-        let tensor = if c.weight_decay > 0.0 {
-            tensor.mul_scalar(1.0 - lr * c.weight_decay * wd_ratio)
-        } else {
-            tensor
-        };
-        (
-            tensor - perturb.mul_scalar(step_size),
-            Some(AdamPState {
-                exp_avg,
-                exp_avg_sq,
-                step,
-            }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+fn update<const D: usize>(
+    c: &AdamPConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamPState<D>>,
+) -> Step<D, AdamPState<D>> {
+    let state = state.unwrap_or_else(|| MomentState::filled(&tensor, 0.0));
+    let step = state.step + 1;
+    let exp_avg = ema(state.exp_avg, grad.clone(), c.beta_1);
+    let exp_avg_sq = ema(state.exp_avg_sq, grad.clone().square(), c.beta_2);
+    let denom = adam_denom(
+        exp_avg_sq.clone(),
+        bias_correction(c.beta_2, step),
+        c.epsilon,
+    );
+    let step_size = lr / bias_correction(c.beta_1, step);
+    let perturb = if c.nesterov {
+        ema(exp_avg.clone(), grad.clone(), c.beta_1).div(denom)
+    } else {
+        exp_avg.clone().div(denom)
+    };
+    let (perturb, wd_ratio, _) = project(&tensor, &grad, perturb, c.delta, c.wd_ratio, c.epsilon);
+    let tensor = if c.weight_decay > 0.0 {
+        tensor.mul_scalar(1.0 - lr * c.weight_decay * wd_ratio)
+    } else {
+        tensor
+    };
+    let state = AdamPState {
+        exp_avg,
+        exp_avg_sq,
+        step,
+    };
+    (tensor - perturb.mul_scalar(step_size), Some(state))
 }

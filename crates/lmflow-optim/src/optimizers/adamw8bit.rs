@@ -12,10 +12,12 @@
 //! rule itself is `torch.optim.AdamW`'s.
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Int, IntDType, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::{Int, IntDType, Tensor};
 
-use super::state::{bias_correction, optimizer_state};
+use crate::registry::registered;
+
+use super::state::{Step, adam_denom, bias_correction, config_optimizer, ema, optimizer_state};
 
 /// Decades of magnitude below the block maximum that the first-moment codes cover.
 const DECADES_M: f64 = 5.0;
@@ -23,7 +25,7 @@ const DECADES_M: f64 = 5.0;
 const DECADES_V: f64 = 5.0;
 
 /// Configuration of [`AdamW8bit`]; defaults are `bitsandbytes.optim.AdamW8bit`'s.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdamW8bitConfig {
     /// Decay of the first moment.
     #[config(default = 0.9)]
@@ -45,14 +47,9 @@ pub struct AdamW8bitConfig {
     pub min_8bit_size: usize,
 }
 
-impl AdamW8bitConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> AdamW8bit {
-        AdamW8bit {
-            config: self.clone(),
-        }
-    }
+registered!(AdamW8bitConfig => AdamW8bit, lr = 1e-3);
 
+impl AdamW8bitConfig {
     /// Optimizer-state bytes per parameter for a tensor of `numel` elements: 2 codes plus two
     /// f32 block maxima per block when quantised, 8 (two f32 moments) otherwise.
     pub fn state_bytes_per_param(&self, numel: usize) -> f64 {
@@ -64,10 +61,9 @@ impl AdamW8bitConfig {
     }
 }
 
-/// AdamW whose moments are kept in 8 bits per element (see the module docs).
-#[derive(Clone, Debug)]
-pub struct AdamW8bit {
-    config: AdamW8bitConfig,
+config_optimizer! {
+    /// AdamW whose moments are kept in 8 bits per element (see the module docs).
+    pub struct AdamW8bit(AdamW8bitConfig) -> AdamW8bitState = update;
 }
 
 optimizer_state! {
@@ -184,87 +180,73 @@ fn dequantize<const D: usize>(
     unblock(mag.mul(sign).mul(q.absmax.clone()), dims)
 }
 
-impl Optimizer for AdamW8bit {
-    type State<const D: usize> = AdamW8bitState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let dims = tensor.dims();
-        let block = c.block_size.max(1);
-        let quantized = tensor.shape().num_elements() >= c.min_8bit_size;
-        let (m, v, step) = match state {
-            None => (tensor.zeros_like(), tensor.zeros_like(), 0),
-            Some(s) => {
-                let m = match (s.exp_avg, s.exp_avg_codes, s.exp_avg_absmax) {
-                    (Some(m), _, _) => m,
-                    (None, Some(codes), Some(absmax)) => {
-                        dequantize(&Quantized { codes, absmax }, dims, block, true, DECADES_M)
-                    }
-                    _ => tensor.zeros_like(),
-                };
-                let v = match (s.exp_avg_sq, s.exp_avg_sq_codes, s.exp_avg_sq_absmax) {
-                    (Some(v), _, _) => v,
-                    (None, Some(codes), Some(absmax)) => {
-                        dequantize(&Quantized { codes, absmax }, dims, block, false, DECADES_V)
-                            .square()
-                    }
-                    _ => tensor.zeros_like(),
-                };
-                (m, v, s.step)
-            }
-        };
-        let step = step + 1;
-        let tensor = tensor.mul_scalar(1.0 - lr * c.weight_decay);
-        let m = m.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let v = v.mul_scalar(c.beta_2) + grad.square().mul_scalar(1.0 - c.beta_2);
-        let denom = v
-            .clone()
-            .sqrt()
-            .div_scalar(bias_correction(c.beta_2, step).sqrt())
-            .add_scalar(c.epsilon);
-        let step_size = lr / bias_correction(c.beta_1, step);
-        let tensor = tensor - m.clone().div(denom).mul_scalar(step_size);
-        let state = if quantized {
-            let qm = quantize(m, block, true, DECADES_M);
-            let qv = quantize(v.sqrt(), block, false, DECADES_V);
-            AdamW8bitState {
-                exp_avg: None,
-                exp_avg_sq: None,
-                exp_avg_codes: Some(qm.codes),
-                exp_avg_absmax: Some(qm.absmax),
-                exp_avg_sq_codes: Some(qv.codes),
-                exp_avg_sq_absmax: Some(qv.absmax),
-                step,
-            }
-        } else {
-            AdamW8bitState {
-                exp_avg: Some(m),
-                exp_avg_sq: Some(v),
-                exp_avg_codes: None,
-                exp_avg_absmax: None,
-                exp_avg_sq_codes: None,
-                exp_avg_sq_absmax: None,
-                step,
-            }
-        };
-        (tensor, Some(state))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+fn update<const D: usize>(
+    c: &AdamW8bitConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamW8bitState<D>>,
+) -> Step<D, AdamW8bitState<D>> {
+    let dims = tensor.dims();
+    let block = c.block_size.max(1);
+    let quantized = tensor.shape().num_elements() >= c.min_8bit_size;
+    let (m, v, step) = match state {
+        None => (tensor.zeros_like(), tensor.zeros_like(), 0),
+        Some(s) => {
+            let m = match (s.exp_avg, s.exp_avg_codes, s.exp_avg_absmax) {
+                (Some(m), _, _) => m,
+                (None, Some(codes), Some(absmax)) => {
+                    dequantize(&Quantized { codes, absmax }, dims, block, true, DECADES_M)
+                }
+                _ => tensor.zeros_like(),
+            };
+            let v = match (s.exp_avg_sq, s.exp_avg_sq_codes, s.exp_avg_sq_absmax) {
+                (Some(v), _, _) => v,
+                (None, Some(codes), Some(absmax)) => {
+                    dequantize(&Quantized { codes, absmax }, dims, block, false, DECADES_V).square()
+                }
+                _ => tensor.zeros_like(),
+            };
+            (m, v, s.step)
+        }
+    };
+    let step = step + 1;
+    let tensor = tensor.mul_scalar(1.0 - lr * c.weight_decay);
+    let m = ema(m, grad.clone(), c.beta_1);
+    let v = ema(v, grad.square(), c.beta_2);
+    let denom = adam_denom(v.clone(), bias_correction(c.beta_2, step), c.epsilon);
+    let step_size = lr / bias_correction(c.beta_1, step);
+    let tensor = tensor - m.clone().div(denom).mul_scalar(step_size);
+    let state = if quantized {
+        let qm = quantize(m, block, true, DECADES_M);
+        let qv = quantize(v.sqrt(), block, false, DECADES_V);
+        AdamW8bitState {
+            exp_avg: None,
+            exp_avg_sq: None,
+            exp_avg_codes: Some(qm.codes),
+            exp_avg_absmax: Some(qm.absmax),
+            exp_avg_sq_codes: Some(qv.codes),
+            exp_avg_sq_absmax: Some(qv.absmax),
+            step,
+        }
+    } else {
+        AdamW8bitState {
+            exp_avg: Some(m),
+            exp_avg_sq: Some(v),
+            exp_avg_codes: None,
+            exp_avg_absmax: None,
+            exp_avg_sq_codes: None,
+            exp_avg_sq_absmax: None,
+            step,
+        }
+    };
+    (tensor, Some(state))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{Device, Distribution, TensorData};
 
     #[test]
     fn codes_round_trip_within_the_grid_precision() {

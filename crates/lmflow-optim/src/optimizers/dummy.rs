@@ -5,13 +5,17 @@ use burn::config::Config;
 use burn::optim::{LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
 
+use crate::registry::registered;
+
 /// Configuration of [`Dummy`]; defaults are LMFlow's.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct DummyConfig {
     /// Weight decay `p -= lr * wd * p` (the only thing that changes parameters).
     #[config(default = 0.0)]
     pub weight_decay: f64,
 }
+
+registered!(DummyConfig => Dummy, lr = 0.0);
 
 impl DummyConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).

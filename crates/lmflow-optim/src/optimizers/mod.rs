@@ -34,4 +34,5 @@ pub use radam::*;
 pub use schedule_free::*;
 pub use sgdp::*;
 pub use sophia::*;
+pub use state::MomentState;
 pub use yogi::*;

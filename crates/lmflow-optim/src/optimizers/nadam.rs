@@ -1,13 +1,17 @@
 //! NAdam (Dozat 2016) with momentum decay, as `torch.optim.NAdam`.
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
-use super::state::{bias_correction, optimizer_state};
+use crate::registry::registered;
+
+use super::state::{
+    Step, apply_weight_decay, bias_correction, config_optimizer, ema, optimizer_state,
+};
 
 /// Configuration of [`NAdam`]; defaults are `torch.optim.NAdam`'s (its default `lr` is 2e-3).
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct NAdamConfig {
     /// Decay of the first moment.
     #[config(default = 0.9)]
@@ -29,19 +33,11 @@ pub struct NAdamConfig {
     pub decoupled_weight_decay: bool,
 }
 
-impl NAdamConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> NAdam {
-        NAdam {
-            config: self.clone(),
-        }
-    }
-}
+registered!(NAdamConfig => NAdam, lr = 2e-3);
 
-/// NAdam optimizer: Adam with Nesterov momentum.
-#[derive(Clone, Debug)]
-pub struct NAdam {
-    config: NAdamConfig,
+config_optimizer! {
+    /// NAdam optimizer: Adam with Nesterov momentum.
+    pub struct NAdam(NAdamConfig) -> NAdamState = update;
 }
 
 optimizer_state! {
@@ -63,68 +59,50 @@ optimizer_state! {
     }
 }
 
-impl Optimizer for NAdam {
-    type State<const D: usize> = NAdamState<D>;
+fn update<const D: usize>(
+    c: &NAdamConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<NAdamState<D>>,
+) -> Step<D, NAdamState<D>> {
+    let state = state.unwrap_or_else(|| NAdamState {
+        exp_avg: tensor.zeros_like(),
+        exp_avg_sq: tensor.zeros_like(),
+        mu_product: 1.0,
+        step: 0,
+    });
+    let step = state.step + 1;
+    let bc2 = bias_correction(c.beta_2, step);
+    let (tensor, grad) =
+        apply_weight_decay(tensor, grad, lr, c.weight_decay, c.decoupled_weight_decay);
+    let t = step as f64;
+    let mu = c.beta_1 * (1.0 - 0.5 * 0.96f64.powf(t * c.momentum_decay));
+    let mu_next = c.beta_1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * c.momentum_decay));
+    // PyTorch keeps the product in an f32 tensor.
+    let mu_product = (state.mu_product * mu) as f32 as f64;
+    let mu_product_next = mu_product * mu_next;
 
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let state = state.unwrap_or_else(|| NAdamState {
-            exp_avg: tensor.zeros_like(),
-            exp_avg_sq: tensor.zeros_like(),
-            mu_product: 1.0,
-            step: 0,
-        });
-        let step = state.step + 1;
-        let bc2 = bias_correction(c.beta_2, step);
-        let (tensor, grad) = if c.weight_decay == 0.0 {
-            (tensor, grad)
-        } else if c.decoupled_weight_decay {
-            (tensor.mul_scalar(1.0 - lr * c.weight_decay), grad)
-        } else {
-            let grad = grad + tensor.clone().mul_scalar(c.weight_decay);
-            (tensor, grad)
-        };
-        let t = step as f64;
-        let mu = c.beta_1 * (1.0 - 0.5 * 0.96f64.powf(t * c.momentum_decay));
-        let mu_next = c.beta_1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * c.momentum_decay));
-        // PyTorch keeps the product in an f32 tensor.
-        let mu_product = (state.mu_product * mu) as f32 as f64;
-        let mu_product_next = mu_product * mu_next;
-
-        let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.clone().mul_scalar(1.0 - c.beta_1);
-        let exp_avg_sq = state.exp_avg_sq.mul_scalar(c.beta_2)
-            + grad.clone().square().mul_scalar(1.0 - c.beta_2);
-        let denom = exp_avg_sq
+    let exp_avg = ema(state.exp_avg, grad.clone(), c.beta_1);
+    let exp_avg_sq = ema(state.exp_avg_sq, grad.clone().square(), c.beta_2);
+    let denom = exp_avg_sq
+        .clone()
+        .div_scalar(bc2)
+        .sqrt()
+        .add_scalar(c.epsilon);
+    let tensor = tensor
+        + grad
+            .div(denom.clone())
+            .mul_scalar(-lr * (1.0 - mu) / (1.0 - mu_product))
+        + exp_avg
             .clone()
-            .div_scalar(bc2)
-            .sqrt()
-            .add_scalar(c.epsilon);
-        let tensor = tensor
-            + grad
-                .div(denom.clone())
-                .mul_scalar(-lr * (1.0 - mu) / (1.0 - mu_product))
-            + exp_avg
-                .clone()
-                .div(denom)
-                .mul_scalar(-lr * mu_next / (1.0 - mu_product_next));
-        (
-            tensor,
-            Some(NAdamState {
-                exp_avg,
-                exp_avg_sq,
-                mu_product,
-                step,
-            }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+            .div(denom)
+            .mul_scalar(-lr * mu_next / (1.0 - mu_product_next));
+    let state = NAdamState {
+        exp_avg,
+        exp_avg_sq,
+        mu_product,
+        step,
+    };
+    (tensor, Some(state))
 }

@@ -13,11 +13,14 @@ use burn::tensor::{Device, Tensor};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::state::optimizer_state;
+use crate::Error;
+use crate::registry::{Registered, Switches, invalid};
+
+use super::state::{ema, l2_penalty, optimizer_state};
 
 /// Configuration of schedule-free AdamW; defaults are the reference's (its default `lr` is
 /// 2.5e-3).
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdamWScheduleFreeConfig {
     /// Interpolation (momentum) `beta_1`.
     #[config(default = 0.9)]
@@ -43,7 +46,7 @@ pub struct AdamWScheduleFreeConfig {
 }
 
 /// Configuration of schedule-free SGD; defaults are the reference's (its default `lr` is 1.0).
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct SgdScheduleFreeConfig {
     /// Interpolation (momentum) coefficient.
     #[config(default = 0.9)]
@@ -61,6 +64,55 @@ pub struct SgdScheduleFreeConfig {
     #[config(default = 2.0)]
     pub weight_lr_power: f64,
 }
+
+/// Implements [`Registered`] for a schedule-free config: the optimizers of all groups share
+/// the built optimizer's [`ScheduleFreeSwitch`], and the interpolation coefficient `field`
+/// (JSON: `json`) must lie in (0, 1).
+macro_rules! registered_schedule_free {
+    ($config:ty, lr = $lr:expr, $field:ident, $json:literal) => {
+        impl Registered for $config {
+            const DEFAULT_LR: f64 = $lr;
+            const SCHEDULE_FREE: bool = true;
+            type Optimizer = ScheduleFree;
+
+            fn defaults() -> Self {
+                Self::new()
+            }
+
+            fn weight_decay(&self) -> f64 {
+                self.weight_decay
+            }
+
+            fn build_group(
+                &self,
+                _lr: f64,
+                weight_decay: f64,
+                switches: &Switches,
+            ) -> ScheduleFree {
+                self.clone()
+                    .with_weight_decay(weight_decay)
+                    .build_with_switch(switches.schedule_free.clone())
+            }
+
+            fn check(&self, _lr: f64) -> Result<(), Error> {
+                let beta = self.$field;
+                if beta > 0.0 && beta < 1.0 {
+                    return Ok(());
+                }
+                Err(invalid(
+                    $json,
+                    format!(
+                        "{} {beta} must be in (0, 1) for schedule-free",
+                        stringify!($field)
+                    ),
+                ))
+            }
+        }
+    };
+}
+
+registered_schedule_free!(AdamWScheduleFreeConfig, lr = 2.5e-3, beta_1, "betas");
+registered_schedule_free!(SgdScheduleFreeConfig, lr = 1.0, momentum, "momentum");
 
 impl AdamWScheduleFreeConfig {
     /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
@@ -215,17 +267,18 @@ impl ScheduleFree {
         } else {
             0.0
         };
-        let (mut grad, exp_avg_sq) = match (self.adam, state.exp_avg_sq) {
+        let (grad, exp_avg_sq) = match (self.adam, state.exp_avg_sq) {
             (Some((beta_2, eps)), v) => {
-                let v = v.unwrap_or_else(|| tensor.zeros_like()).mul_scalar(beta_2)
-                    + grad.clone().square().mul_scalar(1.0 - beta_2);
+                let v = ema(
+                    v.unwrap_or_else(|| tensor.zeros_like()),
+                    grad.clone().square(),
+                    beta_2,
+                );
                 (grad.div(v.clone().sqrt().add_scalar(eps)), Some(v))
             }
             (None, _) => (grad, None),
         };
-        if self.weight_decay != 0.0 {
-            grad = grad + tensor.clone().mul_scalar(self.weight_decay);
-        }
+        let grad = l2_penalty(grad, &tensor, self.weight_decay);
         let y = tensor.clone() + (state.z.clone() - tensor).mul_scalar(ckp1);
         let y = y + grad
             .clone()

@@ -1,14 +1,16 @@
 //! SGDP (Heo et al. 2021), as `torch-optimizer` 0.3.0 (LMFlow's `SGDP`).
 
 use burn::config::Config;
-use burn::optim::{LearningRate, Optimizer};
-use burn::tensor::{Device, Tensor};
+use burn::optim::LearningRate;
+use burn::tensor::Tensor;
 
 use super::projection::project;
-use super::state::optimizer_state;
+use crate::registry::registered;
+
+use super::state::{Step, config_optimizer, optimizer_state};
 
 /// Configuration of [`Sgdp`]; defaults are the reference's.
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct SgdpConfig {
     /// Momentum factor.
     #[config(default = 0.0)]
@@ -33,19 +35,11 @@ pub struct SgdpConfig {
     pub nesterov: bool,
 }
 
-impl SgdpConfig {
-    /// Builds the per-tensor optimizer (wrap with `ModuleOptimizer::from`).
-    pub fn build(&self) -> Sgdp {
-        Sgdp {
-            config: self.clone(),
-        }
-    }
-}
+registered!(SgdpConfig => Sgdp, lr = 1e-3);
 
-/// SGDP optimizer: SGD with the AdamP projection.
-#[derive(Clone, Debug)]
-pub struct Sgdp {
-    config: SgdpConfig,
+config_optimizer! {
+    /// SGDP optimizer: SGD with the AdamP projection.
+    pub struct Sgdp(SgdpConfig) -> SgdpState = update;
 }
 
 optimizer_state! {
@@ -60,46 +54,36 @@ optimizer_state! {
     }
 }
 
-impl Optimizer for Sgdp {
-    type State<const D: usize> = SgdpState<D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<D>,
-        grad: Tensor<D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let c = &self.config;
-        let buf = state
-            .map(|s| s.momentum)
-            .unwrap_or_else(|| tensor.zeros_like());
-        let buf = buf.mul_scalar(c.momentum) + grad.clone().mul_scalar(1.0 - c.dampening);
-        let d_p = if c.nesterov {
-            grad.clone() + buf.clone().mul_scalar(c.momentum)
-        } else {
-            buf.clone()
-        };
-        let (d_p, wd_ratio, projected) =
-            project(&tensor, &grad, d_p, c.delta, c.wd_ratio, c.epsilon);
-        // The reference projects the momentum buffer in place when it is the update itself.
-        let buf = if projected && !c.nesterov {
-            d_p.clone()
-        } else {
-            buf
-        };
-        let tensor = if c.weight_decay != 0.0 {
-            tensor.mul_scalar(1.0 - lr * c.weight_decay * wd_ratio / (1.0 - c.momentum))
-        } else {
-            tensor
-        };
-        (
-            tensor - d_p.mul_scalar(lr),
-            Some(SgdpState { momentum: buf }),
-        )
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.to_device(device)
-    }
+fn update<const D: usize>(
+    c: &SgdpConfig,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<SgdpState<D>>,
+) -> Step<D, SgdpState<D>> {
+    let buf = state
+        .map(|s| s.momentum)
+        .unwrap_or_else(|| tensor.zeros_like());
+    let buf = buf.mul_scalar(c.momentum) + grad.clone().mul_scalar(1.0 - c.dampening);
+    let d_p = if c.nesterov {
+        grad.clone() + buf.clone().mul_scalar(c.momentum)
+    } else {
+        buf.clone()
+    };
+    let (d_p, wd_ratio, projected) = project(&tensor, &grad, d_p, c.delta, c.wd_ratio, c.epsilon);
+    // The reference projects the momentum buffer in place when it is the update itself.
+    let buf = if projected && !c.nesterov {
+        d_p.clone()
+    } else {
+        buf
+    };
+    let tensor = if c.weight_decay != 0.0 {
+        tensor.mul_scalar(1.0 - lr * c.weight_decay * wd_ratio / (1.0 - c.momentum))
+    } else {
+        tensor
+    };
+    (
+        tensor - d_p.mul_scalar(lr),
+        Some(SgdpState { momentum: buf }),
+    )
 }

@@ -8,10 +8,12 @@ use burn::config::Config;
 use burn::optim::{LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
 
-use super::state::optimizer_state;
+use crate::registry::{Registered, Switches};
+
+use super::state::{ema, optimizer_state};
 
 /// Configuration of [`SophiaG`]; defaults are the reference's (its default `lr` is 1e-4).
-#[derive(Config, Debug)]
+#[derive(Config, Debug, PartialEq)]
 pub struct SophiaGConfig {
     /// Decay of the first moment.
     #[config(default = 0.965)]
@@ -28,6 +30,26 @@ pub struct SophiaGConfig {
     /// Tokens per batch `bs` the reference scales `rho` with.
     #[config(default = 5120)]
     pub bs: usize,
+}
+
+impl Registered for SophiaGConfig {
+    const DEFAULT_LR: f64 = 1e-4;
+    const HESSIAN: bool = true;
+    type Optimizer = SophiaG;
+
+    fn defaults() -> Self {
+        Self::new()
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
+    }
+
+    fn build_group(&self, _lr: f64, weight_decay: f64, switches: &Switches) -> SophiaG {
+        self.clone()
+            .with_weight_decay(weight_decay)
+            .build_with_switch(switches.hessian.clone())
+    }
 }
 
 impl SophiaGConfig {
@@ -114,12 +136,11 @@ impl Optimizer for SophiaG {
             step: 0,
         });
         if self.hessian_mode.is_on() {
-            let hessian =
-                state.hessian.mul_scalar(c.beta_2) + grad.square().mul_scalar(1.0 - c.beta_2);
+            let hessian = ema(state.hessian, grad.square(), c.beta_2);
             return (tensor, Some(SophiaGState { hessian, ..state }));
         }
         let tensor = tensor.mul_scalar(1.0 - lr * c.weight_decay);
-        let exp_avg = state.exp_avg.mul_scalar(c.beta_1) + grad.mul_scalar(1.0 - c.beta_1);
+        let exp_avg = ema(state.exp_avg, grad, c.beta_1);
         let ratio = exp_avg
             .clone()
             .abs()
