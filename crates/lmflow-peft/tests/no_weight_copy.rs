@@ -56,7 +56,7 @@ fn linear_forward_makes_no_weight_sized_copy() {
     for shape in [[1, 1, D_IN], [4, 16, D_IN]] {
         let x = Tensor::<3>::random(shape, Distribution::Default, &device);
         let (y, largest) = largest_allocation(|| lin.forward(x).into_data());
-        assert_eq!(y.shape[2], D_OUT);
+        assert_eq!(y.shape()[2], D_OUT);
         assert!(
             largest < WEIGHT_BYTES / 4,
             "input {shape:?}: a {largest}-byte buffer was allocated (weight is {WEIGHT_BYTES} bytes)"
