@@ -42,7 +42,28 @@ enum Command {
     Devices,
 }
 
+/// Keeps freed tensor memory in the process instead of returning it to the kernel.
+///
+/// Training allocates and frees the same large buffers (activations, logits, gradients) every
+/// step. glibc serves allocations above its mmap threshold with fresh `mmap`s and unmaps them on
+/// free, so each step page-faults and zero-fills hundreds of megabytes again (about a quarter of
+/// a CPU training step on the `cpu-small` benchmark). Serving them from the heap and never
+/// trimming it makes later steps reuse the same pages. See docs/performance.md.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: `mallopt` only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
