@@ -1,7 +1,9 @@
 //! Causal language-modelling loss: next-token cross-entropy over trained tokens.
 
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+use lmflow_models::CausalLm;
 
 /// Label value of tokens that are not trained (as in PyTorch's `ignore_index` and HF datasets).
 pub const IGNORE_INDEX: i64 = -100;
@@ -44,13 +46,7 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> LossOutput {
             tokens: 0,
         };
     };
-    let tokens: usize = token
-        .trained
-        .int()
-        .sum()
-        .into_scalar::<i64>()
-        .try_into()
-        .unwrap_or(0);
+    let tokens = count_trained(&token.trained);
     LossOutput {
         sum: token.logprobs.neg().sum(),
         tokens,
@@ -80,10 +76,19 @@ pub fn shifted_token_logprobs(logits: Tensor<3>, labels: Tensor<2, Int>) -> Opti
     if seq < 2 {
         return None;
     }
-    let logits = logits
-        .slice([0..batch, 0..seq - 1, 0..vocab])
-        .cast(burn::tensor::FloatDType::F32);
+    let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
     let targets = labels.slice([0..batch, 1..seq]);
+    Some(aligned_token_logprobs(logits, targets))
+}
+
+/// `log p(targets[b, t] | logits[b, t])` in f32 (0 where the target is [`IGNORE_INDEX`]): the
+/// unshifted core of [`shifted_token_logprobs`].
+///
+/// # Shapes
+/// - logits: `[batch, len, vocab]`
+/// - targets: `[batch, len]`
+pub fn aligned_token_logprobs(logits: Tensor<3>, targets: Tensor<2, Int>) -> TokenLogprobs {
+    let logits = logits.cast(burn::tensor::FloatDType::F32);
     let trained = targets.clone().not_equal_elem(IGNORE_INDEX);
     // Ignored positions gather index 0 and are zeroed afterwards.
     let safe_targets = targets.mask_fill(trained.clone().bool_not(), 0);
@@ -92,8 +97,92 @@ pub fn shifted_token_logprobs(logits: Tensor<3>, labels: Tensor<2, Int>) -> Opti
         .gather(2, safe_targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2)
         .mask_fill(trained.clone().bool_not(), 0.0);
-    Some(TokenLogprobs {
+    TokenLogprobs {
         logprobs: picked,
         trained,
-    })
+    }
+}
+
+/// The next-token loss of a batch and the gradients of every parameter of `model`, with at most
+/// `chunk_rows` rows of `[rows, vocab]` logits alive at a time (chunked cross-entropy).
+///
+/// The decoder has run once with autodiff up to `hidden`. For each chunk of positions the head
+/// projects a detached copy of the chunk's hidden states, the chunk's cross-entropy is
+/// differentiated on its own (giving the head's gradient and the gradient of those hidden
+/// states) and its logits are freed. The decoder is then differentiated through
+/// `Σ hidden · ∂loss/∂hidden`. The parts add up to the gradient of the unchunked loss (a tied
+/// head receives both its embedding and its head contributions).
+///
+/// The loss is multiplied by `scale` before differentiation (e.g. `1 / tokens of the step` for
+/// token-weighted accumulation); the returned [`LossOutput::sum`] is the unscaled sum.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, hidden]` (final hidden states, tracked by autodiff)
+/// - labels: `[batch, seq]` (unshifted, as for [`causal_lm_loss`])
+pub fn chunked_lm_loss_backward(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    labels: Tensor<2, Int>,
+    chunk_rows: usize,
+    scale: f64,
+) -> (LossOutput, GradientsParams) {
+    let device = hidden.device();
+    let [batch, seq, width] = hidden.dims();
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    if seq >= 2 {
+        // Position t predicts labels[t + 1].
+        let rows = batch * (seq - 1);
+        let hidden_s: Tensor<2> = hidden
+            .slice([0..batch, 0..seq - 1, 0..width])
+            .reshape([rows, width]);
+        let targets: Tensor<2, Int> = labels.slice([0..batch, 1..seq]).reshape([1, rows]);
+        let detached = hidden_s.clone().detach();
+        let chunk = chunk_rows.max(1);
+        let mut hidden_grads = Vec::with_capacity(rows.div_ceil(chunk));
+        for start in (0..rows).step_by(chunk) {
+            let end = (start + chunk).min(rows);
+            let h = detached
+                .clone()
+                .slice([start..end, 0..width])
+                .require_grad();
+            let logits = model.logits(h.clone().unsqueeze_dim::<3>(0));
+            let t = targets.clone().slice([0..1, start..end]);
+            let part = aligned_token_logprobs(logits, t);
+            tokens += count_trained(&part.trained);
+            let nll = part.logprobs.neg().sum();
+            sum += f64::from(nll.clone().into_scalar::<f32>());
+            let grads = nll.mul_scalar(scale).backward();
+            let g = match h.grad(&grads) {
+                Some(g) => g,
+                None => h.clone().inner().zeros_like(),
+            };
+            hidden_grads.push(g);
+            acc.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        // `inner` tensors are constants to autodiff: only `hidden_s` is differentiated.
+        let g_hidden = Tensor::cat(hidden_grads, 0).inner();
+        let surrogate = (hidden_s * g_hidden).sum();
+        acc.accumulate(
+            model,
+            GradientsParams::from_grads(surrogate.backward(), model),
+        );
+    }
+    (
+        LossOutput {
+            sum: Tensor::from_data([sum as f32], &device),
+            tokens,
+        },
+        acc.grads(),
+    )
+}
+
+fn count_trained(trained: &Tensor<2, burn::tensor::Bool>) -> usize {
+    trained
+        .clone()
+        .int()
+        .sum()
+        .into_scalar::<i64>()
+        .try_into()
+        .unwrap_or(0)
 }
