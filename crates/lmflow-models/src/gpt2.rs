@@ -17,7 +17,7 @@
 //! and the original Hub layout without the `transformer.` prefix (`h.0.attn.c_attn.weight`, as in
 //! `openai-community/gpt2`); the non-persistent causal-mask buffers `h.N.attn.bias` and
 //! `h.N.attn.masked_bias` of old checkpoints are ignored. Saving always writes the
-//! `transformer.` form. [`LinearVisitor`] paths are the Hub module paths
+//! `transformer.` form. [`LinearVisitor`](lmflow_peft::LinearVisitor) paths are the Hub module paths
 //! (`transformer.h.0.attn.c_attn`, `transformer.h.0.attn.c_proj`, `transformer.h.0.mlp.c_fc`,
 //! `transformer.h.0.mlp.c_proj`, `lm_head` when untied).
 //!
@@ -37,16 +37,21 @@
 //! `GPT2DoubleHeadsModel` heads.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use lmflow_peft::{Linear, LinearVisitor};
+use burn::tensor::{Device, Distribution, Tensor};
+use lmflow_peft::Linear;
 
 use crate::activation::Activation;
-use crate::attention::{MaskSpec, attention_bias, scaled_dot_product_attention};
+use crate::attention::scaled_dot_product_attention;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::hub::{
+    HubModule, HubPath, Init, TensorVisitor, WeightLayout, lazy_linear, lazy_param,
+    visit_optional_linear,
+};
+use crate::input::{check_ids, check_input, mask_bias, positions_or_default};
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
-use crate::model::ForwardInput;
+use crate::model::{CausalDecoder, ForwardInput};
 use crate::weights::WeightSource;
 
 /// Typed GPT-2 hyper-parameters with `transformers`' `GPT2Config` defaults.
@@ -167,20 +172,17 @@ impl Gpt2Config {
 
     /// A randomly initialised model as `GPT2PreTrainedModel._init_weights` draws it: weights and
     /// embeddings `N(0, initializer_range)`, output projections (`c_proj`)
-    /// `N(0, initializer_range / sqrt(2 * n_layer))`, biases 0, LayerNorms 1/0.
+    /// `N(0, initializer_range / sqrt(2 * n_layer))`, biases 0, LayerNorms 1/0. Weights are
+    /// drawn lazily, on first use.
     pub fn init(&self, device: &Device) -> Gpt2Model {
         let d = self.n_embd;
-        let std = self.initializer_range;
-        let normal = |shape: [usize; 2], std: f64| {
-            Tensor::<2>::random(shape, Distribution::Normal(0.0, std), device)
+        let normal = |std: f64| Init::Random(Distribution::Normal(0.0, std));
+        let std = normal(self.initializer_range);
+        let proj_std = normal(self.initializer_range / (2.0 * self.n_layer as f64).sqrt());
+        let lin = |d_in: usize, d_out: usize, init: Init| {
+            lazy_linear(d_in, d_out, device, init, Some(Init::Zeros))
         };
-        let proj_std = std / (2.0 * self.n_layer as f64).sqrt();
-        let lin = |d_in: usize, d_out: usize, std: f64| {
-            Linear::from_tensors(
-                normal([d_out, d_in], std),
-                Some(Tensor::zeros([d_out], device)),
-            )
-        };
+        let table = |shape: [usize; 2]| lazy_param(shape, device, move |dev| std.tensor(shape, dev));
         let blocks = (0..self.n_layer)
             .map(|i| Gpt2Block {
                 ln_1: self.layer_norm(device),
@@ -199,12 +201,12 @@ impl Gpt2Config {
             })
             .collect();
         Gpt2Model {
-            wte: Param::from_tensor(normal([self.vocab_size, d], std)),
-            wpe: Param::from_tensor(normal([self.n_positions, d], std)),
+            wte: table([self.vocab_size, d]),
+            wpe: table([self.n_positions, d]),
             blocks,
             ln_f: self.layer_norm(device),
             lm_head: (!self.tie_word_embeddings)
-                .then(|| Linear::from_tensors(normal([self.vocab_size, d], std), None)),
+                .then(|| lazy_linear(d, self.vocab_size, device, std, None)),
             config: self.clone(),
         }
     }
@@ -214,60 +216,7 @@ impl Gpt2Config {
     /// # Errors
     /// Missing or mis-shaped tensors, naming the file and tensor.
     pub fn load(&self, weights: &WeightSource) -> Result<Gpt2Model, ModelError> {
-        let prefix = if weights.contains(&format!("{PREFIX}wte.weight")) {
-            PREFIX
-        } else {
-            ""
-        };
-        let name = |n: &str| format!("{prefix}{n}");
-        let d = self.n_embd;
-        // Conv1D `[in, out]` -> Linear `[out, in]`.
-        let conv1d = |path: &str, d_in: usize, d_out: usize| -> Result<Linear, ModelError> {
-            let w: Tensor<2> = weights.tensor(&name(&format!("{path}.weight")), [d_in, d_out])?;
-            let b: Tensor<1> = weights.tensor(&name(&format!("{path}.bias")), [d_out])?;
-            Ok(Linear::from_tensors(w.transpose(), Some(b)))
-        };
-        let layer_norm = |path: &str| -> Result<LayerNorm, ModelError> {
-            Ok(LayerNorm::from_tensors(
-                Some(weights.tensor(&name(&format!("{path}.weight")), [d])?),
-                Some(weights.tensor(&name(&format!("{path}.bias")), [d])?),
-                self.layer_norm_epsilon,
-            ))
-        };
-        let mut blocks = Vec::with_capacity(self.n_layer);
-        for i in 0..self.n_layer {
-            let h = format!("h.{i}");
-            blocks.push(Gpt2Block {
-                ln_1: layer_norm(&format!("{h}.ln_1"))?,
-                attn: Gpt2Attention {
-                    c_attn: conv1d(&format!("{h}.attn.c_attn"), d, 3 * d)?,
-                    c_proj: conv1d(&format!("{h}.attn.c_proj"), d, d)?,
-                    n_head: self.n_head,
-                    scale: self.attn_scale(i),
-                },
-                ln_2: layer_norm(&format!("{h}.ln_2"))?,
-                mlp: Gpt2Mlp {
-                    c_fc: conv1d(&format!("{h}.mlp.c_fc"), d, self.n_inner)?,
-                    c_proj: conv1d(&format!("{h}.mlp.c_proj"), self.n_inner, d)?,
-                    activation: self.activation,
-                },
-            });
-        }
-        let wte = weights.tensor(&name("wte.weight"), [self.vocab_size, d])?;
-        let wpe = weights.tensor(&name("wpe.weight"), [self.n_positions, d])?;
-        let lm_head = if self.tie_word_embeddings {
-            None
-        } else {
-            Some(weights.linear("lm_head", d, self.vocab_size, false)?)
-        };
-        Ok(Gpt2Model {
-            wte: Param::from_tensor(wte),
-            wpe: Param::from_tensor(wpe),
-            blocks,
-            ln_f: layer_norm("ln_f")?,
-            lm_head,
-            config: self.clone(),
-        })
+        crate::hub::load(self.init(weights.device()), weights)
     }
 }
 
@@ -310,6 +259,13 @@ impl Gpt2Attention {
     }
 }
 
+impl HubModule for Gpt2Attention {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        v.linear(&path.pp("c_attn"), &mut self.c_attn, WeightLayout::InOut)?;
+        v.linear(&path.pp("c_proj"), &mut self.c_proj, WeightLayout::InOut)
+    }
+}
+
 /// Feed-forward of one block: `c_proj(act(c_fc(x)))`.
 #[derive(Module, Debug)]
 pub struct Gpt2Mlp {
@@ -331,6 +287,13 @@ impl Gpt2Mlp {
     }
 }
 
+impl HubModule for Gpt2Mlp {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        v.linear(&path.pp("c_fc"), &mut self.c_fc, WeightLayout::InOut)?;
+        v.linear(&path.pp("c_proj"), &mut self.c_proj, WeightLayout::InOut)
+    }
+}
+
 /// One pre-LayerNorm transformer block.
 #[derive(Module, Debug)]
 pub struct Gpt2Block {
@@ -342,6 +305,15 @@ pub struct Gpt2Block {
     pub ln_2: LayerNorm,
     /// `mlp`.
     pub mlp: Gpt2Mlp,
+}
+
+impl HubModule for Gpt2Block {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        self.ln_1.visit_tensors(&path.pp("ln_1"), v)?;
+        self.attn.visit_tensors(&path.pp("attn"), v)?;
+        self.ln_2.visit_tensors(&path.pp("ln_2"), v)?;
+        self.mlp.visit_tensors(&path.pp("mlp"), v)
+    }
 }
 
 /// GPT-2 with its language-modelling head.
@@ -363,10 +335,19 @@ pub struct Gpt2Model {
     pub config: Gpt2Config,
 }
 
-/// Hub name prefix of GPT-2's base model.
-const PREFIX: &str = "transformer.";
+impl HubModule for Gpt2Model {
+    /// `transformer.*` and `lm_head` (untied only).
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        let base = path.pp("transformer");
+        v.embedding(&base.pp("wte"), &mut self.wte)?;
+        v.embedding(&base.pp("wpe"), &mut self.wpe)?;
+        self.blocks.visit_tensors(&base.pp("h"), v)?;
+        self.ln_f.visit_tensors(&base.pp("ln_f"), v)?;
+        visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, WeightLayout::OutIn)
+    }
+}
 
-impl Gpt2Model {
+impl CausalDecoder for Gpt2Model {
     /// Final hidden states (after `ln_f`).
     ///
     /// `attention_mask` covers cached and new positions (`[batch, past + seq]`);
@@ -374,49 +355,29 @@ impl Gpt2Model {
     /// restrict attention to packed samples (no cache). With a cache, new keys/values are
     /// appended and the cache advances by `seq`.
     ///
-    /// # Shapes
-    /// - input_ids `[batch, seq]` -> `[batch, seq, n_embd]`
-    ///
     /// # Errors
-    /// [`ModelError::Input`] for empty input, mask/segment shapes that do not fit, position ids
-    /// outside `0..n_positions`, token ids outside the vocabulary or a cache overflow.
-    pub fn forward_hidden(
+    /// [`ModelError::Input`] as [`check_input`], and for position ids outside
+    /// `0..n_positions`.
+    fn forward_hidden(
         &self,
         input: &ForwardInput,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
-        let [b, s] = input.input_ids.dims();
-        if s == 0 {
-            return Err(ModelError::Input("empty input_ids".into()));
-        }
-        let device = input.input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        check_ids(&input.input_ids, self.config.vocab_size, "input_ids")?;
-        let positions = match &input.position_ids {
-            Some(p) => {
-                if p.dims() != [b, s] {
-                    return Err(ModelError::Input(format!(
-                        "position_ids has shape {:?}, expected [{b}, {s}]",
-                        p.dims()
-                    )));
-                }
-                check_ids(p, self.config.n_positions, "position_ids")?;
-                p.clone()
+        let [_, s] = check_input(input, self.config.vocab_size, past)?;
+        match &input.position_ids {
+            Some(p) => check_ids(p, self.config.n_positions, "position_ids")?,
+            None if past + s > self.config.n_positions => {
+                return Err(ModelError::Input(format!(
+                    "{} positions exceed GPT-2's n_positions {}",
+                    past + s,
+                    self.config.n_positions
+                )));
             }
-            None => {
-                if past + s > self.config.n_positions {
-                    return Err(ModelError::Input(format!(
-                        "{} positions exceed GPT-2's n_positions {}",
-                        past + s,
-                        self.config.n_positions
-                    )));
-                }
-                Tensor::<1, Int>::arange(past as i64..(past + s) as i64, &device)
-                    .reshape([1, s])
-                    .expand([b, s])
-            }
-        };
-        let bias = mask_bias(input, b, s, past)?;
+            None => {}
+        }
+        let positions = positions_or_default(input, past);
+        let bias = mask_bias(input, past, None)?;
         let tokens = burn::tensor::module::embedding(self.wte.val(), input.input_ids.clone());
         let pos = burn::tensor::module::embedding(self.wpe.val(), positions);
         let mut h = tokens + pos;
@@ -437,124 +398,34 @@ impl Gpt2Model {
     }
 
     /// Logits from final hidden states (`lm_head`, or `wte` when tied).
-    ///
-    /// # Shapes
-    /// - hidden `[batch, seq, n_embd]` -> `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => lmflow_peft::linear::matmul_t(hidden, self.wte.val(), None),
         }
     }
 
-    /// An empty cache for this model.
-    pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.blocks.len(), max_len)
+    fn model_type(&self) -> &str {
+        "gpt2"
     }
 
-    /// Every parameter under its Hub name (`transformer.` prefix, Conv1D weights `[in, out]`;
-    /// `lm_head.weight` only when untied), in the stored dtype.
-    pub fn state_dict(&self) -> Vec<(String, TensorData)> {
-        let mut out: Vec<(String, TensorData)> = Vec::new();
-        let conv1d = |out: &mut Vec<(String, TensorData)>, path: String, lin: &Linear| {
-            out.push((
-                format!("{path}.weight"),
-                lin.dense_weight().transpose().into_data(),
-            ));
-            if let Some(b) = &lin.bias {
-                out.push((format!("{path}.bias"), b.val().into_data()));
-            }
-        };
-        out.push((format!("{PREFIX}wte.weight"), self.wte.val().into_data()));
-        out.push((format!("{PREFIX}wpe.weight"), self.wpe.val().into_data()));
-        for (i, block) in self.blocks.iter().enumerate() {
-            let h = format!("{PREFIX}h.{i}");
-            block.ln_1.push_state(&mut out, &format!("{h}.ln_1"));
-            conv1d(&mut out, format!("{h}.attn.c_attn"), &block.attn.c_attn);
-            conv1d(&mut out, format!("{h}.attn.c_proj"), &block.attn.c_proj);
-            block.ln_2.push_state(&mut out, &format!("{h}.ln_2"));
-            conv1d(&mut out, format!("{h}.mlp.c_fc"), &block.mlp.c_fc);
-            conv1d(&mut out, format!("{h}.mlp.c_proj"), &block.mlp.c_proj);
-        }
-        self.ln_f.push_state(&mut out, &format!("{PREFIX}ln_f"));
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".into(), head.dense_weight().into_data()));
-        }
-        out
-    }
-}
-
-impl LinearVisitor for Gpt2Model {
-    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
-        for (i, block) in self.blocks.iter().enumerate() {
-            let h = format!("{PREFIX}h.{i}");
-            f(&format!("{h}.attn.c_attn"), &block.attn.c_attn);
-            f(&format!("{h}.attn.c_proj"), &block.attn.c_proj);
-            f(&format!("{h}.mlp.c_fc"), &block.mlp.c_fc);
-            f(&format!("{h}.mlp.c_proj"), &block.mlp.c_proj);
-        }
-        if let Some(head) = &self.lm_head {
-            f("lm_head", head);
-        }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            let h = format!("{PREFIX}h.{i}");
-            f(&format!("{h}.attn.c_attn"), &mut block.attn.c_attn);
-            f(&format!("{h}.attn.c_proj"), &mut block.attn.c_proj);
-            f(&format!("{h}.mlp.c_fc"), &mut block.mlp.c_fc);
-            f(&format!("{h}.mlp.c_proj"), &mut block.mlp.c_proj);
-        }
-        if let Some(head) = &mut self.lm_head {
-            f("lm_head", head);
-        }
+    fn hidden_size(&self) -> usize {
+        self.config.n_embd
     }
 
-    fn visit_embeddings_mut(
-        &mut self,
-        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
-    ) {
-        f("transformer.wte", &mut self.wte);
-        f("transformer.wpe", &mut self.wpe);
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
     }
-}
 
-/// The additive attention bias for a forward pass, or `None` when nothing can be masked (one
-/// new token, no padding mask, no segments).
-pub(crate) fn mask_bias(
-    input: &ForwardInput,
-    batch: usize,
-    seq: usize,
-    past: usize,
-) -> Result<Option<Tensor<4>>, ModelError> {
-    if seq == 1 && input.attention_mask.is_none() && input.segment_ids.is_none() {
-        return Ok(None);
+    fn max_position_embeddings(&self) -> usize {
+        self.config.n_positions
     }
-    let spec = MaskSpec {
-        attention_mask: input.attention_mask.as_ref(),
-        segment_ids: input.segment_ids.as_ref(),
-        sliding_window: None,
-    };
-    attention_bias(batch, seq, past, &spec, &input.input_ids.device()).map(Some)
-}
 
-/// Checks that every id lies in `0..limit` (one small device read).
-pub(crate) fn check_ids(ids: &Tensor<2, Int>, limit: usize, what: &str) -> Result<(), ModelError> {
-    if ids.dims().iter().product::<usize>() == 0 {
-        return Ok(());
+    fn tied_embeddings(&self) -> bool {
+        self.lm_head.is_none()
     }
-    let bounds = Tensor::cat(vec![ids.clone().min(), ids.clone().max()], 0)
-        .into_data()
-        .convert::<i64>();
-    let (min, max) = match bounds.as_slice::<i64>() {
-        Ok(&[min, max]) => (min, max),
-        _ => return Err(ModelError::Input(format!("{what}: could not read the ids"))),
-    };
-    if min < 0 || max >= limit as i64 {
-        return Err(ModelError::Input(format!(
-            "{what} must lie in 0..{limit}, found values in {min}..={max}"
-        )));
-    }
-    Ok(())
 }

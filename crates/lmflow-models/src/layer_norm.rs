@@ -2,7 +2,7 @@
 //! (`elementwise_affine=False` in OPT configurations has neither weight nor bias).
 
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
 /// Configuration of a [`LayerNorm`].
 #[derive(burn::config::Config, Debug)]
@@ -73,15 +73,21 @@ impl LayerNorm {
     }
 }
 
-impl LayerNorm {
-    /// Appends `{prefix}.weight` and `{prefix}.bias` (those present) to a state dict.
-    pub fn push_state(&self, out: &mut Vec<(String, TensorData)>, prefix: &str) {
-        if let Some(w) = &self.weight {
-            out.push((format!("{prefix}.weight"), w.val().into_data()));
+impl crate::hub::HubModule for LayerNorm {
+    /// `{path}.weight` and `{path}.bias` (those present).
+    fn visit_tensors(
+        &mut self,
+        path: &crate::hub::HubPath,
+        v: &mut dyn crate::hub::TensorVisitor,
+    ) -> Result<(), crate::error::ModelError> {
+        use crate::hub::ParamSlot;
+        if let Some(w) = &mut self.weight {
+            v.param(&path.pp("weight"), ParamSlot::Vector(w))?;
         }
-        if let Some(b) = &self.bias {
-            out.push((format!("{prefix}.bias"), b.val().into_data()));
+        if let Some(b) = &mut self.bias {
+            v.param(&path.pp("bias"), ParamSlot::Vector(b))?;
         }
+        Ok(())
     }
 }
 

@@ -5,8 +5,10 @@
 //! files), run it with the same numerics as `transformers`, decode with a KV cache, and save it
 //! back in a layout `transformers` loads.
 //!
-//! Architectures (by `model_type`): `llama`, `mistral`, `qwen2`, `qwen3` ([`llama`]), `gpt2`
-//! ([`gpt2`]), `opt` ([`opt`], also Galactica). See `docs/models.md` for the support matrix.
+//! Architectures (by `model_type`, one table: [`MODEL_TYPES`]): `llama`, `mistral`,
+//! `ministral`, `qwen2`, `qwen3` ([`llama`]), `gpt2` ([`gpt2`]), `opt` ([`opt`], also
+//! Galactica). Each module names its checkpoint tensors once ([`hub`]); loading, saving and the
+//! linear-layer paths PEFT uses derive from that. See `docs/models.md` for the support matrix.
 //!
 //! ```
 //! use burn::tensor::{Device, Int, Tensor};
@@ -35,6 +37,8 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod gpt2;
+pub mod hub;
+pub mod input;
 pub mod layer_norm;
 pub mod llama;
 pub mod model;
@@ -48,8 +52,8 @@ pub use cache::KvCache;
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use model::{
-    CausalLm, ForwardInput, ForwardOutput, LoadOptions, Pretrained, SUPPORTED_MODEL_TYPES,
-    load_pretrained,
+    CausalDecoder, CausalLm, Family, ForwardInput, ForwardOutput, LoadOptions, MODEL_TYPES,
+    ModelTypeRow, Pretrained, load_pretrained, model_type_row, supported_model_types,
 };
 pub use rope::RopeScaling;
 pub use tokenizer::Tokenizer;

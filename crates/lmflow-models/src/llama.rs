@@ -1,73 +1,138 @@
-//! The LLaMA family: `llama` (LLaMA 1/2/3/3.x, TinyLlama, SmolLM), `mistral`, `qwen2` and
-//! `qwen3`, one decoder with per-type options.
+//! The LLaMA family: `llama` (LLaMA 1/2/3/3.x, TinyLlama, SmolLM), `mistral`, `ministral`,
+//! `qwen2` and `qwen3`, one decoder whose members differ only in configuration
+//! ([`LlamaVariant`]).
 //!
 //! | `model_type` | q/k/v bias            | o bias           | q/k norm | sliding window                         |
 //! |--------------|-----------------------|------------------|----------|----------------------------------------|
 //! | `llama`      | `attention_bias`      | `attention_bias` | no       | no                                     |
 //! | `mistral`    | no                    | no               | no       | `sliding_window` (all layers) when set |
+//! | `ministral`  | no                    | no               | no       | `sliding_window` on `layer_types`      |
 //! | `qwen2`      | yes                   | no               | no       | `layer_types` / `use_sliding_window`   |
 //! | `qwen3`      | `attention_bias`      | `attention_bias` | yes      | `layer_types` / `use_sliding_window`   |
 //!
 //! All use RMSNorm, SwiGLU (`down(silu(gate(x)) * up(x))`), grouped-query attention and
 //! `rotate_half` RoPE with `rope_scaling`.
+//!
+//! Adding a member whose forward pass is LLaMA's is a [`LlamaVariant`] (its `config.json`
+//! defaults and options) plus a row in [`MODEL_TYPES`](crate::model::MODEL_TYPES).
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use lmflow_peft::{Linear, LinearConfig, LinearVisitor};
-use serde::{Deserialize, Serialize};
+use burn::tensor::{Device, Distribution, Tensor};
+use lmflow_peft::Linear;
 
-use crate::attention::{MaskSpec, attention_bias, scaled_dot_product_attention};
+use crate::attention::scaled_dot_product_attention;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::model::ForwardInput;
+use crate::hub::{
+    HubModule, HubPath, Init, TensorVisitor, WeightLayout, lazy_linear, lazy_param,
+    visit_optional_linear,
+};
+use crate::input::{check_input, mask_bias, positions_or_default};
+use crate::model::{CausalDecoder, Family, ForwardInput, model_type_row};
 use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::{Rope, RopeConfig, RopeScaling};
 use crate::weights::WeightSource;
 
-/// Which member of the family a [`LlamaConfig`] describes (its `model_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LlamaFamily {
-    /// `llama`.
-    Llama,
-    /// `mistral`.
-    Mistral,
-    /// `qwen2`.
-    Qwen2,
-    /// `qwen3`.
-    Qwen3,
+/// Which projections of a [`LlamaVariant`] carry a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBiases {
+    /// q/k/v and o follow the `attention_bias` key (default false).
+    FromConfig,
+    /// q/k/v always, o never (Qwen2).
+    QkvOnly,
+    /// None.
+    Never,
 }
 
-impl LlamaFamily {
-    /// The `model_type` string.
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Mistral => "mistral",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-        }
-    }
+/// How a [`LlamaVariant`] chooses each layer's sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingWindows {
+    /// Full causal attention everywhere.
+    Never,
+    /// `sliding_window` (default 4096, `null` disables) on every layer (Mistral).
+    AllLayers,
+    /// `sliding_window` (default 4096) on the layers `layer_types` marks `sliding_attention`;
+    /// without `layer_types`, on every layer (Ministral).
+    LayerTypes,
+    /// As `LayerTypes`, but only with `use_sliding_window: true`, and without `layer_types`
+    /// on the layers from `max_window_layers` (default 28) on (Qwen2, Qwen3).
+    Qwen,
+}
 
-    /// The family member of a `model_type`, if it is one.
-    pub fn from_model_type(model_type: &str) -> Option<Self> {
-        Some(match model_type {
-            "llama" => Self::Llama,
-            "mistral" => Self::Mistral,
-            "qwen2" => Self::Qwen2,
-            "qwen3" => Self::Qwen3,
-            _ => return None,
-        })
-    }
+/// What distinguishes a member of the LLaMA family: `transformers`' defaults for absent
+/// `config.json` keys and the options of its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaVariant {
+    /// Default `num_key_value_heads` (`None`: `num_attention_heads`).
+    pub default_kv_heads: Option<usize>,
+    /// Default `max_position_embeddings`.
+    pub default_max_position_embeddings: usize,
+    /// Default `head_dim` (`None`: `hidden_size / num_attention_heads`).
+    pub default_head_dim: Option<usize>,
+    /// Attention projection biases.
+    pub attention_biases: AttentionBiases,
+    /// Whether the `mlp_bias` key is read (otherwise the MLP has no bias).
+    pub mlp_bias_key: bool,
+    /// RMSNorm on each query/key head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding-window attention.
+    pub sliding_windows: SlidingWindows,
+}
+
+impl LlamaVariant {
+    /// `llama` (`LlamaConfig`).
+    pub const LLAMA: Self = Self {
+        default_kv_heads: None,
+        default_max_position_embeddings: 2048,
+        default_head_dim: None,
+        attention_biases: AttentionBiases::FromConfig,
+        mlp_bias_key: true,
+        qk_norm: false,
+        sliding_windows: SlidingWindows::Never,
+    };
+    /// `mistral` (`MistralConfig`).
+    pub const MISTRAL: Self = Self {
+        default_kv_heads: Some(8),
+        default_max_position_embeddings: 4096 * 32,
+        default_head_dim: None,
+        attention_biases: AttentionBiases::Never,
+        mlp_bias_key: false,
+        qk_norm: false,
+        sliding_windows: SlidingWindows::AllLayers,
+    };
+    /// `ministral` (`MinistralConfig`: Mistral's defaults, Qwen2's layers without q/k/v
+    /// bias, per-layer `layer_types`).
+    pub const MINISTRAL: Self = Self {
+        sliding_windows: SlidingWindows::LayerTypes,
+        ..Self::MISTRAL
+    };
+    /// `qwen2` (`Qwen2Config`).
+    pub const QWEN2: Self = Self {
+        default_kv_heads: Some(32),
+        default_max_position_embeddings: 32768,
+        default_head_dim: None,
+        attention_biases: AttentionBiases::QkvOnly,
+        mlp_bias_key: false,
+        qk_norm: false,
+        sliding_windows: SlidingWindows::Qwen,
+    };
+    /// `qwen3` (`Qwen3Config`).
+    pub const QWEN3: Self = Self {
+        default_head_dim: Some(128),
+        attention_biases: AttentionBiases::FromConfig,
+        qk_norm: true,
+        ..Self::QWEN2
+    };
 }
 
 /// Configuration of a [`LlamaModel`].
 #[derive(burn::config::Config, Debug)]
 pub struct LlamaConfig {
-    /// Family member.
-    pub family: LlamaFamily,
+    /// The `model_type` it was read from (`llama`, `mistral`, ...).
+    pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Model width.
@@ -124,28 +189,39 @@ fn unsupported_if(
 }
 
 impl LlamaConfig {
-    /// Reads a `config.json` of a family member, with `transformers`' defaults for absent keys.
+    /// Reads a `config.json` of a family member (its `model_type` picks the
+    /// [`LlamaVariant`] from [`MODEL_TYPES`](crate::model::MODEL_TYPES)).
     ///
     /// # Errors
     /// [`ModelError::Config`] naming the key that is missing or unsupported (e.g. `hidden_act`
-    /// other than `silu`).
+    /// other than `silu`), or a `model_type` outside the family.
     pub fn from_hf(config: &ModelConfig) -> Result<Self, ModelError> {
-        let family = LlamaFamily::from_model_type(&config.model_type).ok_or_else(|| {
-            ModelError::config(&config.path, "model_type", "not a LLaMA-family model")
-        })?;
+        match model_type_row(&config.model_type).map(|row| row.family) {
+            Some(Family::Llama(variant)) => Self::from_hf_variant(config, &variant),
+            _ => Err(ModelError::config(
+                &config.path,
+                "model_type",
+                "not a LLaMA-family model",
+            )),
+        }
+    }
+
+    /// Reads a `config.json` with the defaults and options of `variant`.
+    ///
+    /// # Errors
+    /// As [`LlamaConfig::from_hf`].
+    pub fn from_hf_variant(
+        config: &ModelConfig,
+        variant: &LlamaVariant,
+    ) -> Result<Self, ModelError> {
         let hidden_size = config.usize_req(&["hidden_size"])?;
         let heads = config.usize_req(&["num_attention_heads"])?;
         let layers = config.usize_req(&["num_hidden_layers"])?;
         let kv_heads = config
             .usize_opt("num_key_value_heads")?
-            .unwrap_or(match family {
-                LlamaFamily::Mistral => 8,
-                LlamaFamily::Qwen2 | LlamaFamily::Qwen3 => 32,
-                LlamaFamily::Llama => heads,
-            });
-        let head_dim = match config.usize_opt("head_dim")? {
+            .unwrap_or(variant.default_kv_heads.unwrap_or(heads));
+        let head_dim = match config.usize_opt("head_dim")?.or(variant.default_head_dim) {
             Some(d) => d,
-            None if family == LlamaFamily::Qwen3 => 128,
             None => {
                 unsupported_if(
                     heads == 0 || hidden_size % heads != 0,
@@ -179,25 +255,18 @@ impl LlamaConfig {
         }
         let max_pos = config
             .usize_opt("max_position_embeddings")?
-            .unwrap_or(match family {
-                LlamaFamily::Llama => 2048,
-                LlamaFamily::Mistral => 4096 * 32,
-                LlamaFamily::Qwen2 | LlamaFamily::Qwen3 => 32768,
-            });
+            .unwrap_or(variant.default_max_position_embeddings);
         let rope = RopeConfig::from_hf(config, head_dim, max_pos, 10_000.0)?;
         let attention_bias = config.bool_opt("attention_bias")?.unwrap_or(false);
-        let (qkv_bias, o_bias) = match family {
-            LlamaFamily::Llama | LlamaFamily::Qwen3 => (attention_bias, attention_bias),
-            LlamaFamily::Mistral => (false, false),
-            LlamaFamily::Qwen2 => (true, false),
+        let (qkv_bias, o_bias) = match variant.attention_biases {
+            AttentionBiases::FromConfig => (attention_bias, attention_bias),
+            AttentionBiases::QkvOnly => (true, false),
+            AttentionBiases::Never => (false, false),
         };
-        let mlp_bias = match family {
-            LlamaFamily::Llama => config.bool_opt("mlp_bias")?.unwrap_or(false),
-            _ => false,
-        };
-        let sliding_windows = sliding_windows(config, family, layers)?;
+        let mlp_bias =
+            variant.mlp_bias_key && config.bool_opt("mlp_bias")?.unwrap_or(false);
         Ok(Self {
-            family,
+            model_type: config.model_type.clone(),
             vocab_size: config.usize_req(&["vocab_size"])?,
             hidden_size,
             intermediate_size: config.usize_req(&["intermediate_size"])?,
@@ -212,8 +281,8 @@ impl LlamaConfig {
             qkv_bias,
             o_bias,
             mlp_bias,
-            qk_norm: family == LlamaFamily::Qwen3,
-            sliding_windows,
+            qk_norm: variant.qk_norm,
+            sliding_windows: sliding_windows(config, variant.sliding_windows, layers)?,
         })
     }
 
@@ -223,7 +292,8 @@ impl LlamaConfig {
     }
 
     /// A randomly initialised model (PyTorch-default linear init, unit norms, N(0, 1)
-    /// embedding), e.g. for training from scratch or tests.
+    /// embedding), e.g. for training from scratch or tests. Weights are drawn lazily, on first
+    /// use.
     pub fn init(&self, device: &Device) -> LlamaModel {
         let h = self.hidden_size;
         let q_out = self.num_attention_heads * self.head_dim;
@@ -233,7 +303,12 @@ impl LlamaConfig {
                 .with_eps(self.rms_norm_eps)
                 .init(device)
         };
-        let lin = |i, o, b| LinearConfig::new(i, o).with_bias(b).init(device);
+        // PyTorch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+        let lin = |i: usize, o: usize, b: bool| {
+            let k = 1.0 / (i as f64).sqrt();
+            let init = Init::Random(Distribution::Uniform(-k, k));
+            lazy_linear(i, o, device, init, b.then_some(init))
+        };
         let layers = (0..self.num_hidden_layers)
             .map(|i| DecoderLayer {
                 input_layernorm: norm(h),
@@ -257,8 +332,13 @@ impl LlamaConfig {
                 },
             })
             .collect();
+        let embed = [self.vocab_size, h];
         LlamaModel {
-            embed_tokens: burn::nn::EmbeddingConfig::new(self.vocab_size, h).init(device),
+            embed_tokens: Embedding {
+                weight: lazy_param(embed, device, move |d| {
+                    Tensor::random(embed, Distribution::Normal(0.0, 1.0), d)
+                }),
+            },
             layers,
             norm: norm(h),
             lm_head: (!self.tie_word_embeddings).then(|| lin(h, self.vocab_size, false)),
@@ -272,143 +352,82 @@ impl LlamaConfig {
     /// # Errors
     /// [`ModelError::MissingTensor`] / [`ModelError::Shape`] naming the file and tensor.
     pub fn load(&self, weights: &WeightSource) -> Result<LlamaModel, ModelError> {
-        let h = self.hidden_size;
-        let q_out = self.num_attention_heads * self.head_dim;
-        let kv_out = self.num_key_value_heads * self.head_dim;
-        let norm = |name: &str, size: usize| -> Result<RmsNorm, ModelError> {
-            Ok(RmsNorm::from_weight(
-                weights.tensor(&format!("{name}.weight"), [size])?,
-                self.rms_norm_eps,
-            ))
-        };
-        let mut layers = Vec::with_capacity(self.num_hidden_layers);
-        for i in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let a = format!("{p}.self_attn");
-            let m = format!("{p}.mlp");
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm"), h)?,
-                self_attn: Attention {
-                    q_proj: weights.linear(&format!("{a}.q_proj"), h, q_out, self.qkv_bias)?,
-                    k_proj: weights.linear(&format!("{a}.k_proj"), h, kv_out, self.qkv_bias)?,
-                    v_proj: weights.linear(&format!("{a}.v_proj"), h, kv_out, self.qkv_bias)?,
-                    o_proj: weights.linear(&format!("{a}.o_proj"), q_out, h, self.o_bias)?,
-                    q_norm: if self.qk_norm {
-                        Some(norm(&format!("{a}.q_norm"), self.head_dim)?)
-                    } else {
-                        None
-                    },
-                    k_norm: if self.qk_norm {
-                        Some(norm(&format!("{a}.k_norm"), self.head_dim)?)
-                    } else {
-                        None
-                    },
-                    num_heads: self.num_attention_heads,
-                    num_kv_heads: self.num_key_value_heads,
-                    head_dim: self.head_dim,
-                    sliding_window: self.sliding_window(i),
-                },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"), h)?,
-                mlp: Mlp {
-                    gate_proj: weights.linear(
-                        &format!("{m}.gate_proj"),
-                        h,
-                        self.intermediate_size,
-                        self.mlp_bias,
-                    )?,
-                    up_proj: weights.linear(
-                        &format!("{m}.up_proj"),
-                        h,
-                        self.intermediate_size,
-                        self.mlp_bias,
-                    )?,
-                    down_proj: weights.linear(
-                        &format!("{m}.down_proj"),
-                        self.intermediate_size,
-                        h,
-                        self.mlp_bias,
-                    )?,
-                },
-            });
-        }
-        let embed = weights.tensor("model.embed_tokens.weight", [self.vocab_size, h])?;
-        let lm_head = if self.tie_word_embeddings {
-            None
-        } else {
-            Some(weights.linear("lm_head", h, self.vocab_size, false)?)
-        };
-        Ok(LlamaModel {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embed),
-            },
-            layers,
-            norm: norm("model.norm", h)?,
-            lm_head,
-            rope: Rope::new(self.rope.clone()),
-            config: self.clone(),
-        })
+        crate::hub::load(self.init(weights.device()), weights)
     }
 }
 
 /// Per-layer sliding windows as `transformers` derives them.
 fn sliding_windows(
     config: &ModelConfig,
-    family: LlamaFamily,
+    rule: SlidingWindows,
     layers: usize,
 ) -> Result<Vec<Option<usize>>, ModelError> {
-    match family {
-        LlamaFamily::Llama => Ok(Vec::new()),
-        LlamaFamily::Mistral => {
-            // MistralConfig's default window is 4096; `null` in the file disables it.
-            let window = match config.raw.get("sliding_window") {
-                None => Some(4096),
-                Some(serde_json::Value::Null) => None,
-                Some(_) => config.usize_opt("sliding_window")?,
-            };
-            Ok(vec![window; layers])
+    // The configs' default window is 4096; `null` in the file disables it.
+    let window = || -> Result<Option<usize>, ModelError> {
+        match config.raw.get("sliding_window") {
+            None => Ok(Some(4096)),
+            Some(serde_json::Value::Null) => Ok(None),
+            Some(_) => config.usize_opt("sliding_window"),
         }
-        LlamaFamily::Qwen2 | LlamaFamily::Qwen3 => {
-            let use_sw = config.bool_opt("use_sliding_window")?.unwrap_or(false);
-            let window = if use_sw {
-                match config.raw.get("sliding_window") {
-                    None => Some(4096),
-                    Some(serde_json::Value::Null) => None,
-                    Some(_) => config.usize_opt("sliding_window")?,
-                }
+    };
+    match rule {
+        SlidingWindows::Never => Ok(Vec::new()),
+        SlidingWindows::AllLayers => Ok(vec![window()?; layers]),
+        SlidingWindows::LayerTypes => {
+            let window = window()?;
+            Ok(layer_types(config, layers, window)?.unwrap_or_else(|| vec![window; layers]))
+        }
+        SlidingWindows::Qwen => {
+            let window = if config.bool_opt("use_sliding_window")?.unwrap_or(false) {
+                window()?
             } else {
                 None
             };
-            if let Some(types) = config.get("layer_types") {
-                let types = types.as_array().ok_or_else(|| {
-                    ModelError::config(&config.path, "layer_types", "expected a list")
-                })?;
-                if types.len() != layers {
-                    return Err(ModelError::config(
-                        &config.path,
-                        "layer_types",
-                        format!("has {} entries for {layers} layers", types.len()),
-                    ));
+            match layer_types(config, layers, window)? {
+                Some(windows) => Ok(windows),
+                None => {
+                    let max_window_layers = config.usize_opt("max_window_layers")?.unwrap_or(28);
+                    Ok((0..layers)
+                        .map(|i| window.filter(|_| i >= max_window_layers))
+                        .collect())
                 }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("full_attention") => Ok(None),
-                        Some("sliding_attention") => Ok(window),
-                        _ => Err(ModelError::config(
-                            &config.path,
-                            "layer_types",
-                            format!("unsupported layer type {t}"),
-                        )),
-                    })
-                    .collect()
-            } else {
-                let max_window_layers = config.usize_opt("max_window_layers")?.unwrap_or(28);
-                Ok((0..layers)
-                    .map(|i| window.filter(|_| i >= max_window_layers))
-                    .collect())
             }
         }
     }
+}
+
+/// `window` on the layers `layer_types` marks `sliding_attention`; `None` without the key.
+fn layer_types(
+    config: &ModelConfig,
+    layers: usize,
+    window: Option<usize>,
+) -> Result<Option<Vec<Option<usize>>>, ModelError> {
+    let Some(types) = config.get("layer_types") else {
+        return Ok(None);
+    };
+    let types = types
+        .as_array()
+        .ok_or_else(|| ModelError::config(&config.path, "layer_types", "expected a list"))?;
+    if types.len() != layers {
+        return Err(ModelError::config(
+            &config.path,
+            "layer_types",
+            format!("has {} entries for {layers} layers", types.len()),
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(None),
+            Some("sliding_attention") => Ok(window),
+            _ => Err(ModelError::config(
+                &config.path,
+                "layer_types",
+                format!("unsupported layer type {t}"),
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// SwiGLU feed-forward block.
@@ -430,6 +449,19 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+    }
+}
+
+impl HubModule for Mlp {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        for (name, linear) in [
+            ("gate_proj", &mut self.gate_proj),
+            ("up_proj", &mut self.up_proj),
+            ("down_proj", &mut self.down_proj),
+        ] {
+            v.linear(&path.pp(name), linear, WeightLayout::OutIn)?;
+        }
+        Ok(())
     }
 }
 
@@ -500,6 +532,21 @@ impl Attention {
     }
 }
 
+impl HubModule for Attention {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        for (name, linear) in [
+            ("q_proj", &mut self.q_proj),
+            ("k_proj", &mut self.k_proj),
+            ("v_proj", &mut self.v_proj),
+            ("o_proj", &mut self.o_proj),
+        ] {
+            v.linear(&path.pp(name), linear, WeightLayout::OutIn)?;
+        }
+        self.q_norm.visit_tensors(&path.pp("q_norm"), v)?;
+        self.k_norm.visit_tensors(&path.pp("k_norm"), v)
+    }
+}
+
 /// Pre-norm decoder layer.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
@@ -511,6 +558,35 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
     /// Feed-forward block.
     pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// One layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
+        bias: Option<&Tensor<4>>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let h = self.input_layernorm.forward(x.clone());
+        let x = x.add(self.self_attn.forward(h, cos, sin, bias, cache)?);
+        let h = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        Ok(x.add(h))
+    }
+}
+
+impl HubModule for DecoderLayer {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        self.input_layernorm.visit_tensors(&path.pp("input_layernorm"), v)?;
+        self.self_attn.visit_tensors(&path.pp("self_attn"), v)?;
+        self.post_attention_layernorm
+            .visit_tensors(&path.pp("post_attention_layernorm"), v)?;
+        self.mlp.visit_tensors(&path.pp("mlp"), v)
+    }
 }
 
 /// A LLaMA-family causal language model.
@@ -533,59 +609,42 @@ pub struct LlamaModel {
     pub config: LlamaConfig,
 }
 
+impl HubModule for LlamaModel {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        let model = path.pp("model");
+        v.embedding(&model.pp("embed_tokens"), &mut self.embed_tokens.weight)?;
+        self.layers.visit_tensors(&model.pp("layers"), v)?;
+        self.norm.visit_tensors(&model.pp("norm"), v)?;
+        visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, WeightLayout::OutIn)
+    }
+}
+
 impl LlamaModel {
-    /// Final hidden states (after the last norm).
-    ///
-    /// # Shapes
-    /// - input_ids `[batch, seq]` -> `[batch, seq, hidden]`
-    pub fn forward_hidden(
+    /// Replaces the rope scaling (e.g. to extend the context of a loaded model).
+    pub fn set_rope_scaling(&mut self, scaling: RopeScaling) {
+        self.rope.config.scaling = scaling.clone();
+        self.config.rope.scaling = scaling;
+    }
+}
+
+impl CausalDecoder for LlamaModel {
+    fn forward_hidden(
         &self,
         input: &ForwardInput,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
-        let device = input.input_ids.device();
-        let [b, s] = input.input_ids.dims();
-        if s == 0 {
-            return Err(ModelError::Input("empty input_ids".into()));
-        }
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = match &input.position_ids {
-            Some(p) => {
-                if p.dims() != [b, s] {
-                    return Err(ModelError::Input(format!(
-                        "position_ids has shape {:?}, expected [{b}, {s}]",
-                        p.dims()
-                    )));
-                }
-                p.clone()
-            }
-            None => Tensor::<1, Int>::arange(past as i64..(past + s) as i64, &device)
-                .reshape([1, s])
-                .expand([b, s]),
-        };
+        check_input(input, self.config.vocab_size, past)?;
+        let device = input.input_ids.device();
+        let positions = positions_or_default(input, past);
         let (cos, sin) = self.rope.cos_sin(&positions, &device);
         // One bias per distinct window; none at all when nothing can be masked.
         let mut biases: Vec<(Option<usize>, Option<Tensor<4>>)> = Vec::new();
         for layer in &self.layers {
             let w = layer.self_attn.sliding_window;
-            if biases.iter().any(|(bw, _)| *bw == w) {
-                continue;
+            if !biases.iter().any(|(bw, _)| *bw == w) {
+                biases.push((w, mask_bias(input, past, w)?));
             }
-            let needs_mask = s > 1
-                || input.attention_mask.is_some()
-                || input.segment_ids.is_some()
-                || w.is_some_and(|w| w < past + s);
-            let bias = if needs_mask {
-                let spec = MaskSpec {
-                    attention_mask: input.attention_mask.as_ref(),
-                    segment_ids: input.segment_ids.as_ref(),
-                    sliding_window: w,
-                };
-                Some(attention_bias(b, s, past, &spec, &device)?)
-            } else {
-                None
-            };
-            biases.push((w, bias));
         }
         let mut x = self.embed_tokens.forward(input.input_ids.clone());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -594,143 +653,42 @@ impl LlamaModel {
                 .iter()
                 .find(|(bw, _)| *bw == w)
                 .and_then(|(_, bias)| bias.as_ref());
-            let residual = x.clone();
-            let h = layer.input_layernorm.forward(x);
-            let h = layer.self_attn.forward(
-                h,
-                &cos,
-                &sin,
-                bias,
-                cache.as_deref_mut().map(|c| (c, i)),
-            )?;
-            let x1 = residual.add(h);
-            let h = layer
-                .mlp
-                .forward(layer.post_attention_layernorm.forward(x1.clone()));
-            x = x1.add(h);
+            x = layer.forward(x, (&cos, &sin), bias, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(cache) = cache {
-            cache.advance(s);
+            cache.advance(input.input_ids.dims()[1]);
         }
         Ok(self.norm.forward(x))
     }
 
-    /// Logits from final hidden states.
-    ///
-    /// # Shapes
-    /// - hidden `[batch, seq, hidden]` -> `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => lmflow_peft::linear::matmul_t(hidden, self.embed_tokens.weight.val(), None),
         }
     }
 
-    /// An empty cache for this model.
-    pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.layers.len(), max_len)
+    fn model_type(&self) -> &str {
+        &self.config.model_type
     }
 
-    /// Every parameter under its Hub name, in the stored dtype (tied heads omit
-    /// `lm_head.weight`).
-    pub fn state_dict(&self) -> Vec<(String, TensorData)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.weight.val().into_data(),
-        )];
-        let lin = |out: &mut Vec<(String, TensorData)>, name: String, l: &Linear| {
-            out.push((format!("{name}.weight"), l.dense_weight().into_data()));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), b.val().into_data()));
-            }
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                layer.input_layernorm.weight.val().into_data(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.weight.val().into_data(),
-            ));
-            let a = &layer.self_attn;
-            lin(&mut out, format!("{p}.self_attn.q_proj"), &a.q_proj);
-            lin(&mut out, format!("{p}.self_attn.k_proj"), &a.k_proj);
-            lin(&mut out, format!("{p}.self_attn.v_proj"), &a.v_proj);
-            lin(&mut out, format!("{p}.self_attn.o_proj"), &a.o_proj);
-            if let Some(n) = &a.q_norm {
-                out.push((
-                    format!("{p}.self_attn.q_norm.weight"),
-                    n.weight.val().into_data(),
-                ));
-            }
-            if let Some(n) = &a.k_norm {
-                out.push((
-                    format!("{p}.self_attn.k_norm.weight"),
-                    n.weight.val().into_data(),
-                ));
-            }
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-            lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-            lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-        }
-        out.push((
-            "model.norm.weight".to_string(),
-            self.norm.weight.val().into_data(),
-        ));
-        if let Some(head) = &self.lm_head {
-            lin(&mut out, "lm_head".to_string(), head);
-        }
-        out
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    /// Replaces the rope scaling (e.g. to extend the context of a loaded model).
-    pub fn set_rope_scaling(&mut self, scaling: RopeScaling) {
-        self.rope.config.scaling = scaling.clone();
-        self.config.rope.scaling = scaling;
-    }
-}
-
-impl LinearVisitor for LlamaModel {
-    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &layer.self_attn;
-            f(&format!("{p}.self_attn.q_proj"), &a.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &a.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &a.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &a.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-        }
-        if let Some(head) = &self.lm_head {
-            f("lm_head", head);
-        }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
     }
 
-    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &mut layer.self_attn;
-            f(&format!("{p}.self_attn.q_proj"), &mut a.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &mut a.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &mut a.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &mut a.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &mut layer.mlp.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &mut layer.mlp.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &mut layer.mlp.down_proj);
-        }
-        if let Some(head) = &mut self.lm_head {
-            f("lm_head", head);
-        }
+    fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
-    fn visit_embeddings_mut(
-        &mut self,
-        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
-    ) {
-        f("model.embed_tokens", &mut self.embed_tokens.weight);
+    fn max_position_embeddings(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn tied_embeddings(&self) -> bool {
+        self.lm_head.is_none()
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use lmflow_peft::{Linear, LinearVisitor};
 
@@ -11,14 +11,110 @@ use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gpt2::{Gpt2Config, Gpt2Model};
-use crate::llama::{LlamaConfig, LlamaModel};
+use crate::hub::{EmbeddingPaths, HubModule, HubPath, LinearPaths, TensorVisitor, visit_infallible};
+use crate::llama::{LlamaConfig, LlamaModel, LlamaVariant};
 use crate::opt::{OptConfig, OptModel};
 use crate::rope::RopeScaling;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{SINGLE_FILE, WeightSource, save_safetensors};
 
-/// The `model_type` values [`load_pretrained`] accepts.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gpt2", "opt"];
+/// The architecture a `model_type` is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// [`LlamaModel`] with a member's configuration mapping.
+    Llama(LlamaVariant),
+    /// [`Gpt2Model`].
+    Gpt2,
+    /// [`OptModel`].
+    Opt,
+}
+
+/// One supported `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelTypeRow {
+    /// The `model_type` of `config.json`.
+    pub model_type: &'static str,
+    /// How it is built.
+    pub family: Family,
+}
+
+/// Every `model_type` [`load_pretrained`] and [`CausalLm::from_config`] accept: the one list
+/// of supported architectures.
+pub const MODEL_TYPES: &[ModelTypeRow] = &[
+    ModelTypeRow { model_type: "llama", family: Family::Llama(LlamaVariant::LLAMA) },
+    ModelTypeRow { model_type: "mistral", family: Family::Llama(LlamaVariant::MISTRAL) },
+    ModelTypeRow { model_type: "ministral", family: Family::Llama(LlamaVariant::MINISTRAL) },
+    ModelTypeRow { model_type: "qwen2", family: Family::Llama(LlamaVariant::QWEN2) },
+    ModelTypeRow { model_type: "qwen3", family: Family::Llama(LlamaVariant::QWEN3) },
+    ModelTypeRow { model_type: "gpt2", family: Family::Gpt2 },
+    ModelTypeRow { model_type: "opt", family: Family::Opt },
+];
+
+/// The row of `model_type` in [`MODEL_TYPES`].
+pub fn model_type_row(model_type: &str) -> Option<&'static ModelTypeRow> {
+    MODEL_TYPES.iter().find(|row| row.model_type == model_type)
+}
+
+/// The supported `model_type` values, in [`MODEL_TYPES`] order.
+pub fn supported_model_types() -> impl Iterator<Item = &'static str> {
+    MODEL_TYPES.iter().map(|row| row.model_type)
+}
+
+/// What every architecture provides to [`CausalLm`]: the forward pass, the head and its sizes.
+/// Its tensors are described once by [`HubModule`].
+pub trait CausalDecoder: HubModule {
+    /// Final hidden states (after the last norm; see each architecture).
+    ///
+    /// # Shapes
+    /// - input_ids `[batch, seq]` -> `[batch, seq, hidden]`
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for inputs that do not fit the model or the cache
+    /// ([`check_input`](crate::input::check_input)).
+    fn forward_hidden(
+        &self,
+        input: &ForwardInput,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError>;
+
+    /// Projects final hidden states to the vocabulary (through the embedding when tied).
+    ///
+    /// # Shapes
+    /// - hidden `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// `model_type` of the architecture.
+    fn model_type(&self) -> &str;
+
+    /// Vocabulary size (rows of the logits).
+    fn vocab_size(&self) -> usize;
+
+    /// Width of the final hidden states.
+    fn hidden_size(&self) -> usize;
+
+    /// Number of decoder layers.
+    fn num_layers(&self) -> usize;
+
+    /// The model's maximum sequence length (`max_position_embeddings`).
+    fn max_position_embeddings(&self) -> usize;
+
+    /// Whether the output projection shares the token embedding.
+    fn tied_embeddings(&self) -> bool;
+
+    /// An empty KV cache holding up to `max_len` positions.
+    fn new_cache(&self, max_len: usize) -> KvCache {
+        KvCache::new(self.num_layers(), max_len)
+    }
+
+    /// Every parameter under its Hub tensor name, in its current dtype (see
+    /// [`hub::StateDict`](crate::hub::StateDict)).
+    fn state_dict(&self) -> Vec<(String, TensorData)>
+    where
+        Self: Clone + Sized,
+    {
+        crate::hub::state_dict(self)
+    }
+}
 
 /// Files copied from the source folder when a [`Pretrained`] is saved (those present).
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -93,7 +189,7 @@ pub struct ForwardOutput {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CausalLm {
-    /// `llama`, `mistral`, `qwen2`, `qwen3`.
+    /// The LLaMA family ([`Family::Llama`] rows of [`MODEL_TYPES`]).
     Llama(LlamaModel),
     /// `gpt2`.
     Gpt2(Gpt2Model),
@@ -103,27 +199,36 @@ pub enum CausalLm {
 
 impl CausalLm {
     /// Builds a randomly initialised model from a configuration (e.g. for training from
-    /// scratch or tests), on `device` in its default float dtype.
+    /// scratch or tests), on `device` in its default float dtype. Weights are drawn lazily, on
+    /// first use.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedModelType`] for a `model_type` outside [`MODEL_TYPES`], or the
+    /// architecture's configuration errors.
     pub fn from_config(config: &ModelConfig, device: &Device) -> Result<Self, ModelError> {
-        match config.model_type.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" => {
-                Ok(Self::Llama(LlamaConfig::from_hf(config)?.init(device)))
+        let row = model_type_row(&config.model_type).ok_or_else(|| unsupported(config))?;
+        Ok(match row.family {
+            Family::Llama(variant) => {
+                Self::Llama(LlamaConfig::from_hf_variant(config, &variant)?.init(device))
             }
-            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_hf(config)?.init(device))),
-            "opt" => Ok(Self::Opt(OptConfig::from_hf(config)?.init(device))),
-            other => Err(unsupported(config, other)),
-        }
+            Family::Gpt2 => Self::Gpt2(Gpt2Config::from_hf(config)?.init(device)),
+            Family::Opt => Self::Opt(OptConfig::from_hf(config)?.init(device)),
+        })
     }
 
     /// Loads the architecture `config` names from `weights`.
+    ///
+    /// # Errors
+    /// As [`CausalLm::from_config`], and missing or mis-shaped tensors.
     pub fn load(config: &ModelConfig, weights: &WeightSource) -> Result<Self, ModelError> {
-        match config.model_type.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" => {
-                Ok(Self::Llama(LlamaConfig::from_hf(config)?.load(weights)?))
-            }
-            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_hf(config)?.load(weights)?)),
-            "opt" => Ok(Self::Opt(OptConfig::from_hf(config)?.load(weights)?)),
-            other => Err(unsupported(config, other)),
+        crate::hub::load(Self::from_config(config, weights.device())?, weights)
+    }
+
+    fn decoder(&self) -> &dyn CausalDecoder {
+        match self {
+            Self::Llama(m) => m,
+            Self::Gpt2(m) => m,
+            Self::Opt(m) => m,
         }
     }
 
@@ -137,7 +242,8 @@ impl CausalLm {
     ///   `[batch, seq, hidden]`
     ///
     /// # Errors
-    /// [`ModelError::Input`] for inconsistent shapes or a full cache.
+    /// [`ModelError::Input`] for inconsistent shapes, token ids outside the vocabulary or a
+    /// full cache.
     pub fn forward(
         &self,
         input: ForwardInput,
@@ -154,16 +260,15 @@ impl CausalLm {
     ///
     /// # Shapes
     /// - input_ids `[batch, seq]` -> `[batch, seq, hidden]`
+    ///
+    /// # Errors
+    /// As [`CausalLm::forward`].
     pub fn forward_hidden(
         &self,
         input: &ForwardInput,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
-        match self {
-            Self::Llama(m) => m.forward_hidden(input, cache),
-            Self::Gpt2(m) => m.forward_hidden(input, cache),
-            Self::Opt(m) => m.forward_hidden(input, cache),
-        }
+        self.decoder().forward_hidden(input, cache)
     }
 
     /// Projects hidden states to the vocabulary.
@@ -171,85 +276,48 @@ impl CausalLm {
     /// # Shapes
     /// - hidden `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match self {
-            Self::Llama(m) => m.logits(hidden),
-            Self::Gpt2(m) => m.logits(hidden),
-            Self::Opt(m) => m.logits(hidden),
-        }
+        self.decoder().logits(hidden)
     }
 
     /// An empty KV cache for this model holding up to `max_len` positions (allocated lazily on
     /// the device and in the dtype of the first forward pass).
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        match self {
-            Self::Llama(m) => m.new_cache(max_len),
-            Self::Gpt2(m) => m.new_cache(max_len),
-            Self::Opt(m) => m.new_cache(max_len),
-        }
+        self.decoder().new_cache(max_len)
     }
 
     /// `model_type` of the architecture.
-    pub fn model_type(&self) -> &'static str {
-        match self {
-            Self::Llama(m) => m.config.family.model_type(),
-            Self::Gpt2(_) => "gpt2",
-            Self::Opt(_) => "opt",
-        }
+    pub fn model_type(&self) -> &str {
+        self.decoder().model_type()
     }
 
     /// Vocabulary size (rows of the logits).
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.config.vocab_size,
-            Self::Gpt2(m) => m.config.vocab_size,
-            Self::Opt(m) => m.config.vocab_size,
-        }
+        self.decoder().vocab_size()
     }
 
     /// Width of the hidden states.
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.config.hidden_size,
-            Self::Gpt2(m) => m.config.n_embd,
-            // OPT's final hidden states are projected to `word_embed_proj_dim`.
-            Self::Opt(m) => m.config.word_embed_proj_dim,
-        }
+        self.decoder().hidden_size()
     }
 
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.config.num_hidden_layers,
-            Self::Gpt2(m) => m.config.n_layer,
-            Self::Opt(m) => m.config.num_hidden_layers,
-        }
+        self.decoder().num_layers()
     }
 
     /// The model's maximum sequence length (`max_position_embeddings`).
     pub fn max_position_embeddings(&self) -> usize {
-        match self {
-            Self::Llama(m) => m.config.max_position_embeddings,
-            Self::Gpt2(m) => m.config.n_positions,
-            Self::Opt(m) => m.config.max_position_embeddings,
-        }
+        self.decoder().max_position_embeddings()
     }
 
     /// Whether the output projection shares the token embedding.
     pub fn tied_embeddings(&self) -> bool {
-        match self {
-            Self::Llama(m) => m.lm_head.is_none(),
-            Self::Gpt2(m) => m.lm_head.is_none(),
-            Self::Opt(m) => m.lm_head.is_none(),
-        }
+        self.decoder().tied_embeddings()
     }
 
     /// Every parameter under its Hub tensor name, in its current dtype.
     pub fn state_dict(&self) -> Vec<(String, TensorData)> {
-        match self {
-            Self::Llama(m) => m.state_dict(),
-            Self::Gpt2(m) => m.state_dict(),
-            Self::Opt(m) => m.state_dict(),
-        }
+        crate::hub::state_dict(self)
     }
 
     /// Writes `dir/model.safetensors` (Hub tensor names, current dtype) and `dir/config.json`
@@ -286,40 +354,45 @@ impl CausalLm {
     }
 }
 
-impl LinearVisitor for CausalLm {
-    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+impl HubModule for CausalLm {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
         match self {
-            Self::Llama(m) => m.visit_linears(f),
-            Self::Gpt2(m) => m.visit_linears(f),
-            Self::Opt(m) => m.visit_linears(f),
-        }
-    }
-
-    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
-        match self {
-            Self::Llama(m) => m.visit_linears_mut(f),
-            Self::Gpt2(m) => m.visit_linears_mut(f),
-            Self::Opt(m) => m.visit_linears_mut(f),
-        }
-    }
-
-    fn visit_embeddings_mut(
-        &mut self,
-        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
-    ) {
-        match self {
-            Self::Llama(m) => m.visit_embeddings_mut(f),
-            Self::Gpt2(m) => m.visit_embeddings_mut(f),
-            Self::Opt(m) => m.visit_embeddings_mut(f),
+            Self::Llama(m) => m.visit_tensors(path, v),
+            Self::Gpt2(m) => m.visit_tensors(path, v),
+            Self::Opt(m) => m.visit_tensors(path, v),
         }
     }
 }
 
-fn unsupported(config: &ModelConfig, model_type: &str) -> ModelError {
+/// [`LinearVisitor`] from the [`HubModule`] description: the paths PEFT sees are the names
+/// the checkpoint uses.
+macro_rules! linear_visitor_from_hub {
+    ($($model:ty),*) => {$(
+        impl LinearVisitor for $model {
+            fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+                // Visiting needs `&mut`; a clone shares every tensor.
+                let mut each = |path: &str, linear: &mut Linear| f(path, linear);
+                visit_infallible(&mut self.clone(), &mut LinearPaths(&mut each));
+            }
+
+            fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+                visit_infallible(self, &mut LinearPaths(f));
+            }
+
+            fn visit_embeddings_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param<Tensor<2>>)) {
+                visit_infallible(self, &mut EmbeddingPaths(f));
+            }
+        }
+    )*};
+}
+
+linear_visitor_from_hub!(CausalLm, LlamaModel, Gpt2Model, OptModel);
+
+fn unsupported(config: &ModelConfig) -> ModelError {
     ModelError::UnsupportedModelType {
         path: config.path.clone(),
-        model_type: model_type.to_string(),
-        supported: SUPPORTED_MODEL_TYPES.join(", "),
+        model_type: config.model_type.clone(),
+        supported: supported_model_types().collect::<Vec<_>>().join(", "),
     }
 }
 
@@ -381,8 +454,8 @@ pub fn load_pretrained(
     opts: &LoadOptions,
 ) -> Result<Pretrained, ModelError> {
     let config = ModelConfig::from_dir(dir)?;
-    if !SUPPORTED_MODEL_TYPES.contains(&config.model_type.as_str()) {
-        return Err(unsupported(&config, &config.model_type));
+    if model_type_row(&config.model_type).is_none() {
+        return Err(unsupported(&config));
     }
     let dtype = opts.dtype.unwrap_or(FloatDType::F32);
     let weights = WeightSource::open(dir, device, dtype)?;

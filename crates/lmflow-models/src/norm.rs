@@ -58,3 +58,14 @@ impl RmsNorm {
         normed.mul(weight.reshape(shape))
     }
 }
+
+impl crate::hub::HubModule for RmsNorm {
+    /// `{path}.weight`.
+    fn visit_tensors(
+        &mut self,
+        path: &crate::hub::HubPath,
+        v: &mut dyn crate::hub::TensorVisitor,
+    ) -> Result<(), crate::error::ModelError> {
+        v.param(&path.pp("weight"), crate::hub::ParamSlot::Vector(&mut self.weight))
+    }
+}

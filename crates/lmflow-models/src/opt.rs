@@ -17,7 +17,7 @@
 //!
 //! Tensor names: `model.decoder.*` and `lm_head.weight` (when untied); checkpoints stored without
 //! the `model.` prefix (`decoder.layers.0...`, as some Hub OPT checkpoints are) load too.
-//! [`LinearVisitor`] paths: `model.decoder.layers.N.self_attn.{q,k,v,out}_proj`,
+//! [`LinearVisitor`](lmflow_peft::LinearVisitor) paths: `model.decoder.layers.N.self_attn.{q,k,v,out}_proj`,
 //! `model.decoder.layers.N.{fc1,fc2}`, `model.decoder.project_in`, `model.decoder.project_out`,
 //! `lm_head` (untied only).
 //!
@@ -25,17 +25,21 @@
 //! and after `project_out`, i.e. `[batch, seq, word_embed_proj_dim]`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData, s};
-use lmflow_peft::{Linear, LinearVisitor};
+use burn::tensor::{Device, Distribution, Int, Tensor, s};
+use lmflow_peft::Linear;
 
 use crate::activation::Activation;
 use crate::attention::scaled_dot_product_attention;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::gpt2::{check_ids, mask_bias};
+use crate::hub::{
+    HubModule, HubPath, Init, TensorVisitor, WeightLayout, lazy_linear, lazy_param,
+    visit_optional_linear,
+};
+use crate::input::{check_ids, check_input, mask_bias};
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
-use crate::model::ForwardInput;
+use crate::model::{CausalDecoder, ForwardInput};
 use crate::weights::WeightSource;
 
 /// OPT's position offset: position `p` reads row `p + 2` of `embed_positions`.
@@ -157,14 +161,9 @@ impl OptConfig {
     pub fn init(&self, device: &Device) -> OptModel {
         let d = self.hidden_size;
         let p = self.word_embed_proj_dim;
-        let normal = |shape: [usize; 2]| {
-            Tensor::<2>::random(shape, Distribution::Normal(0.0, self.init_std), device)
-        };
+        let std = Init::Random(Distribution::Normal(0.0, self.init_std));
         let lin = |d_in: usize, d_out: usize, bias: bool| {
-            Linear::from_tensors(
-                normal([d_out, d_in]),
-                bias.then(|| Tensor::zeros([d_out], device)),
-            )
+            lazy_linear(d_in, d_out, device, std, bias.then_some(Init::Zeros))
         };
         let b = self.enable_bias;
         let layers = (0..self.num_hidden_layers)
@@ -184,17 +183,19 @@ impl OptConfig {
                 activation: self.activation,
             })
             .collect();
-        let mut embed_tokens = normal([self.vocab_size, p]);
-        if let Some(pad) = self.pad_token_id.filter(|&t| t < self.vocab_size) {
-            embed_tokens =
-                embed_tokens.slice_assign(s![pad..pad + 1, ..], Tensor::zeros([1, p], device));
-        }
+        let vocab = self.vocab_size;
+        let pad = self.pad_token_id.filter(|&t| t < vocab);
+        let embed_tokens = lazy_param([vocab, p], device, move |dev| {
+            let table = std.tensor([vocab, p], dev);
+            match pad {
+                Some(pad) => table.slice_assign(s![pad..pad + 1, ..], Tensor::zeros([1, p], dev)),
+                None => table,
+            }
+        });
+        let positions = [self.max_position_embeddings + POSITION_OFFSET, d];
         OptModel {
-            embed_tokens: Param::from_tensor(embed_tokens),
-            embed_positions: Param::from_tensor(normal([
-                self.max_position_embeddings + POSITION_OFFSET,
-                d,
-            ])),
+            embed_tokens,
+            embed_positions: lazy_param(positions, device, move |dev| std.tensor(positions, dev)),
             project_in: (p != d).then(|| lin(p, d, false)),
             project_out: (p != d).then(|| lin(d, p, false)),
             layers,
@@ -209,82 +210,7 @@ impl OptConfig {
     /// # Errors
     /// Missing or mis-shaped tensors, naming the file and tensor.
     pub fn load(&self, weights: &WeightSource) -> Result<OptModel, ModelError> {
-        let config = self;
-        let prefix = if weights.contains(&format!("{PREFIX}embed_tokens.weight")) {
-            PREFIX
-        } else {
-            "decoder."
-        };
-        let name = |n: &str| format!("{prefix}{n}");
-        let d = config.hidden_size;
-        let p = config.word_embed_proj_dim;
-        let bias = config.enable_bias;
-        let linear = |path: &str, d_in: usize, d_out: usize, bias: bool| {
-            weights.linear(&name(path), d_in, d_out, bias)
-        };
-        let layer_norm = |path: &str| -> Result<LayerNorm, ModelError> {
-            let (w, b) = if config.layer_norm_elementwise_affine {
-                (
-                    Some(weights.tensor(&name(&format!("{path}.weight")), [d])?),
-                    Some(weights.tensor(&name(&format!("{path}.bias")), [d])?),
-                )
-            } else {
-                (None, None)
-            };
-            Ok(LayerNorm::from_tensors(w, b, LAYER_NORM_EPS))
-        };
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let l = format!("layers.{i}");
-            layers.push(OptDecoderLayer {
-                self_attn: OptAttention {
-                    q_proj: linear(&format!("{l}.self_attn.q_proj"), d, d, bias)?,
-                    k_proj: linear(&format!("{l}.self_attn.k_proj"), d, d, bias)?,
-                    v_proj: linear(&format!("{l}.self_attn.v_proj"), d, d, bias)?,
-                    out_proj: linear(&format!("{l}.self_attn.out_proj"), d, d, bias)?,
-                    num_heads: config.num_attention_heads,
-                },
-                self_attn_layer_norm: layer_norm(&format!("{l}.self_attn_layer_norm"))?,
-                fc1: linear(&format!("{l}.fc1"), d, config.ffn_dim, bias)?,
-                fc2: linear(&format!("{l}.fc2"), config.ffn_dim, d, bias)?,
-                final_layer_norm: layer_norm(&format!("{l}.final_layer_norm"))?,
-                do_layer_norm_before: config.do_layer_norm_before,
-                activation: config.activation,
-            });
-        }
-        let (project_in, project_out) = if p != d {
-            (
-                Some(linear("project_in", p, d, false)?),
-                Some(linear("project_out", d, p, false)?),
-            )
-        } else {
-            (None, None)
-        };
-        let final_layer_norm = if config.has_final_layer_norm() {
-            Some(layer_norm("final_layer_norm")?)
-        } else {
-            None
-        };
-        let embed_tokens = weights.tensor(&name("embed_tokens.weight"), [config.vocab_size, p])?;
-        let embed_positions = weights.tensor(
-            &name("embed_positions.weight"),
-            [config.max_position_embeddings + POSITION_OFFSET, d],
-        )?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(weights.linear("lm_head", p, config.vocab_size, false)?)
-        };
-        Ok(OptModel {
-            embed_tokens: Param::from_tensor(embed_tokens),
-            embed_positions: Param::from_tensor(embed_positions),
-            project_in,
-            project_out,
-            layers,
-            final_layer_norm,
-            lm_head,
-            config: self.clone(),
-        })
+        crate::hub::load(self.init(weights.device()), weights)
     }
 }
 
@@ -410,45 +336,69 @@ pub struct OptModel {
     pub config: OptConfig,
 }
 
-/// Hub name prefix of OPT's decoder.
-const PREFIX: &str = "model.decoder.";
+impl HubModule for OptAttention {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        for (name, linear) in [
+            ("q_proj", &mut self.q_proj),
+            ("k_proj", &mut self.k_proj),
+            ("v_proj", &mut self.v_proj),
+            ("out_proj", &mut self.out_proj),
+        ] {
+            v.linear(&path.pp(name), linear, WeightLayout::OutIn)?;
+        }
+        Ok(())
+    }
+}
 
-impl OptModel {
+impl HubModule for OptDecoderLayer {
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        self.self_attn.visit_tensors(&path.pp("self_attn"), v)?;
+        self.self_attn_layer_norm
+            .visit_tensors(&path.pp("self_attn_layer_norm"), v)?;
+        v.linear(&path.pp("fc1"), &mut self.fc1, WeightLayout::OutIn)?;
+        v.linear(&path.pp("fc2"), &mut self.fc2, WeightLayout::OutIn)?;
+        self.final_layer_norm.visit_tensors(&path.pp("final_layer_norm"), v)
+    }
+}
+
+impl HubModule for OptModel {
+    /// `model.decoder.*` and `lm_head` (untied only).
+    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+        let decoder = path.pp("model").pp("decoder");
+        v.embedding(&decoder.pp("embed_tokens"), &mut self.embed_tokens)?;
+        v.embedding(&decoder.pp("embed_positions"), &mut self.embed_positions)?;
+        let out_in = WeightLayout::OutIn;
+        // Forward order.
+        visit_optional_linear(v, &decoder.pp("project_in"), &mut self.project_in, out_in)?;
+        self.layers.visit_tensors(&decoder.pp("layers"), v)?;
+        self.final_layer_norm.visit_tensors(&decoder.pp("final_layer_norm"), v)?;
+        visit_optional_linear(v, &decoder.pp("project_out"), &mut self.project_out, out_in)?;
+        visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, out_in)
+    }
+}
+
+impl CausalDecoder for OptModel {
     /// `transformers`' `last_hidden_state`: after the final LayerNorm (pre-LayerNorm models)
-    /// and `project_out` (when present).
+    /// and `project_out` (when present), `[batch, seq, word_embed_proj_dim]`.
     ///
     /// `attention_mask` covers cached and new positions (`[batch, past + seq]`); without
     /// `position_ids`, positions come from the mask (all ones when absent) as described in the
     /// module docs; `segment_ids` restrict attention to packed samples (no cache). With a
     /// cache, new keys/values are appended and the cache advances by `seq`.
     ///
-    /// # Shapes
-    /// - input_ids `[batch, seq]` -> `[batch, seq, word_embed_proj_dim]`
-    ///
     /// # Errors
-    /// [`ModelError::Input`] for empty input, mask/segment shapes that do not fit, positions
-    /// outside `-2..max_position_embeddings`, token ids outside the vocabulary or a cache
-    /// overflow.
-    pub fn forward_hidden(
+    /// [`ModelError::Input`] as [`check_input`], and for positions outside
+    /// `-2..max_position_embeddings`.
+    fn forward_hidden(
         &self,
         input: &ForwardInput,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
-        let [b, s] = input.input_ids.dims();
-        if s == 0 {
-            return Err(ModelError::Input("empty input_ids".into()));
-        }
-        let device = input.input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        check_ids(&input.input_ids, self.config.vocab_size, "input_ids")?;
+        let [b, s] = check_input(input, self.config.vocab_size, past)?;
+        let device = input.input_ids.device();
         let positions = match &input.position_ids {
             Some(p) => {
-                if p.dims() != [b, s] {
-                    return Err(ModelError::Input(format!(
-                        "position_ids has shape {:?}, expected [{b}, {s}]",
-                        p.dims()
-                    )));
-                }
                 check_ids(
                     &p.clone().add_scalar(POSITION_OFFSET as i64),
                     self.config.max_position_embeddings + POSITION_OFFSET,
@@ -465,16 +415,7 @@ impl OptModel {
                     )));
                 }
                 let mask = match &input.attention_mask {
-                    Some(m) => {
-                        if m.dims() != [b, past + s] {
-                            return Err(ModelError::Input(format!(
-                                "attention_mask has shape {:?}, expected [batch {b}, past + seq {}]",
-                                m.dims(),
-                                past + s
-                            )));
-                        }
-                        m.clone()
-                    }
+                    Some(m) => m.clone(),
                     None => Tensor::<2, Int>::ones([b, past + s], &device),
                 };
                 let pos = mask.clone().cumsum(1).mul(mask).sub_scalar(1);
@@ -482,7 +423,7 @@ impl OptModel {
             }
         };
         let positions = positions.add_scalar(POSITION_OFFSET as i64);
-        let bias = mask_bias(input, b, s, past)?;
+        let bias = mask_bias(input, past, None)?;
         let mut tokens =
             burn::tensor::module::embedding(self.embed_tokens.val(), input.input_ids.clone());
         if let Some(proj) = &self.project_in {
@@ -506,124 +447,36 @@ impl OptModel {
     }
 
     /// Logits from final hidden states (`lm_head`, or `embed_tokens` when tied).
-    ///
-    /// # Shapes
-    /// - hidden `[batch, seq, word_embed_proj_dim]` -> `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+    fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => lmflow_peft::linear::matmul_t(hidden, self.embed_tokens.val(), None),
         }
     }
 
-    /// An empty cache for this model.
-    pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.layers.len(), max_len)
+    fn model_type(&self) -> &str {
+        "opt"
     }
 
-    /// Every parameter under its Hub name (`model.decoder.*`; `lm_head.weight` only when
-    /// untied), in the stored dtype.
-    pub fn state_dict(&self) -> Vec<(String, TensorData)> {
-        let mut out: Vec<(String, TensorData)> = Vec::new();
-        let linear = |out: &mut Vec<(String, TensorData)>, path: String, lin: &Linear| {
-            out.push((format!("{path}.weight"), lin.dense_weight().into_data()));
-            if let Some(b) = &lin.bias {
-                out.push((format!("{path}.bias"), b.val().into_data()));
-            }
-        };
-        out.push((
-            format!("{PREFIX}embed_tokens.weight"),
-            self.embed_tokens.val().into_data(),
-        ));
-        out.push((
-            format!("{PREFIX}embed_positions.weight"),
-            self.embed_positions.val().into_data(),
-        ));
-        if let Some(p) = &self.project_in {
-            linear(&mut out, format!("{PREFIX}project_in"), p);
-        }
-        if let Some(p) = &self.project_out {
-            linear(&mut out, format!("{PREFIX}project_out"), p);
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let l = format!("{PREFIX}layers.{i}");
-            let a = &layer.self_attn;
-            linear(&mut out, format!("{l}.self_attn.q_proj"), &a.q_proj);
-            linear(&mut out, format!("{l}.self_attn.k_proj"), &a.k_proj);
-            linear(&mut out, format!("{l}.self_attn.v_proj"), &a.v_proj);
-            linear(&mut out, format!("{l}.self_attn.out_proj"), &a.out_proj);
-            layer
-                .self_attn_layer_norm
-                .push_state(&mut out, &format!("{l}.self_attn_layer_norm"));
-            linear(&mut out, format!("{l}.fc1"), &layer.fc1);
-            linear(&mut out, format!("{l}.fc2"), &layer.fc2);
-            layer
-                .final_layer_norm
-                .push_state(&mut out, &format!("{l}.final_layer_norm"));
-        }
-        if let Some(f) = &self.final_layer_norm {
-            f.push_state(&mut out, &format!("{PREFIX}final_layer_norm"));
-        }
-        if let Some(head) = &self.lm_head {
-            linear(&mut out, "lm_head".into(), head);
-        }
-        out
-    }
-}
-
-impl LinearVisitor for OptModel {
-    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
-        if let Some(p) = &self.project_in {
-            f(&format!("{PREFIX}project_in"), p);
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let l = format!("{PREFIX}layers.{i}");
-            let a = &layer.self_attn;
-            f(&format!("{l}.self_attn.q_proj"), &a.q_proj);
-            f(&format!("{l}.self_attn.k_proj"), &a.k_proj);
-            f(&format!("{l}.self_attn.v_proj"), &a.v_proj);
-            f(&format!("{l}.self_attn.out_proj"), &a.out_proj);
-            f(&format!("{l}.fc1"), &layer.fc1);
-            f(&format!("{l}.fc2"), &layer.fc2);
-        }
-        if let Some(p) = &self.project_out {
-            f(&format!("{PREFIX}project_out"), p);
-        }
-        if let Some(head) = &self.lm_head {
-            f("lm_head", head);
-        }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
-    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
-        if let Some(p) = &mut self.project_in {
-            f(&format!("{PREFIX}project_in"), p);
-        }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let l = format!("{PREFIX}layers.{i}");
-            let a = &mut layer.self_attn;
-            f(&format!("{l}.self_attn.q_proj"), &mut a.q_proj);
-            f(&format!("{l}.self_attn.k_proj"), &mut a.k_proj);
-            f(&format!("{l}.self_attn.v_proj"), &mut a.v_proj);
-            f(&format!("{l}.self_attn.out_proj"), &mut a.out_proj);
-            f(&format!("{l}.fc1"), &mut layer.fc1);
-            f(&format!("{l}.fc2"), &mut layer.fc2);
-        }
-        if let Some(p) = &mut self.project_out {
-            f(&format!("{PREFIX}project_out"), p);
-        }
-        if let Some(head) = &mut self.lm_head {
-            f("lm_head", head);
-        }
+    /// OPT's final hidden states are projected to `word_embed_proj_dim`.
+    #[allow(clippy::misnamed_getters)] // the width of the output, not `config.hidden_size`
+    fn hidden_size(&self) -> usize {
+        self.config.word_embed_proj_dim
     }
 
-    fn visit_embeddings_mut(
-        &mut self,
-        f: &mut dyn FnMut(&str, &mut burn::module::Param<Tensor<2>>),
-    ) {
-        f(&format!("{PREFIX}embed_tokens"), &mut self.embed_tokens);
-        f(
-            &format!("{PREFIX}embed_positions"),
-            &mut self.embed_positions,
-        );
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn max_position_embeddings(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn tied_embeddings(&self) -> bool {
+        self.lm_head.is_none()
     }
 }

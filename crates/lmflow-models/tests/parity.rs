@@ -1,6 +1,7 @@
 //! Parity with `transformers` on the tiny checkpoints of `tests/fixtures/models.py`: logits
 //! (single sequence and left-padded batch), KV-cache decoding, greedy generation, dtype
 //! handling, sharded checkpoints and save -> load round trips.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -99,7 +100,7 @@ fn logits_match_transformers_for_every_case() {
     let batch = ids2(&r["batch_ids"]);
     let mask = ids2(&r["batch_mask"]);
     let cases = r["cases"].as_object().unwrap();
-    assert!(cases.len() >= 11);
+    assert!(cases.len() >= 12);
     for (case, info) in cases {
         let p = load(case, &device);
         assert_eq!(p.model.model_type(), info["model_type"].as_str().unwrap());
@@ -143,6 +144,7 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
         "llama_tied_bias",
         "llama3_rope",
         "qwen2",
+        "ministral_sliding",
     ] {
         let p = load(case, &device);
         let full = forward_logits(
@@ -197,7 +199,7 @@ fn kv_cache_decoding_equals_full_forward_and_greedy_matches_generate() {
 fn left_padded_batch_generation_matches_generate() {
     let device = Device::flex();
     let r = reference();
-    for case in ["llama_gqa", "qwen3", "mistral_sliding"] {
+    for case in ["llama_gqa", "qwen3", "mistral_sliding", "ministral_sliding"] {
         let p = load(case, &device);
         let info = &r["cases"][case]["generate_batch"];
         let batch = ids2(&info["input_ids"]);
