@@ -1,5 +1,6 @@
 //! `modules_to_save = ["embed_tokens"]` on real models: the embedding trains fully, is saved
 //! under PEFT's key (`base_model.model.<path>.weight`) and is restored on load.
+#![allow(clippy::unwrap_used)]
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};

@@ -1,6 +1,7 @@
 //! lmflow-peft against Hugging Face PEFT (fixtures from tests/fixtures/peft_adapters.py, peft 0.21):
 //! adapters made by PEFT give PEFT's logits here; merged models match `merge_and_unload`;
 //! an adapter saved here loads in PEFT with the same logits (recorded by `peft_adapters.py check`).
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! A model whose linear layers are NF4-quantised (QLoRA base) saves its dequantised weights:
 //! the saved folder reloads as a dense model with the quantised model's logits.
+#![allow(clippy::unwrap_used)]
 
 use burn::tensor::{Device, Int, Tensor};
 use lmflow_models::{ForwardInput, LoadOptions, load_pretrained};

@@ -1,5 +1,6 @@
 //! DPO, reward-model loss and sequence log-probabilities against the formulas of TRL
 //! (fixture: tests/fixtures/align.py).
+#![allow(clippy::unwrap_used)]
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmflow_align::{DpoConfig, DpoLossType, dpo_loss, pairwise_reward_loss, sequence_logprobs};

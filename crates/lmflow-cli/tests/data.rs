@@ -1,4 +1,5 @@
 //! `lmflow data inspect|stats` through the binary: JSON output, masks, and clear errors.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! The main job end to end: LoRA fine-tuning of the bundled tiny model on the bundled capitals
 //! data, through the `lmflow` binary.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! `lmflow generate` end to end: greedy tokens equal transformers' `generate` (fixture
 //! tests/fixtures/models/reference.json, case llama_gqa), as JSON.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

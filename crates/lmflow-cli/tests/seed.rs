@@ -1,6 +1,7 @@
 //! `--seed` makes runs repeat exactly: two `lmflow finetune` processes with the same seed write
 //! bit-identical weights and losses, another seed gives other weights; the same for sampling
 //! in `lmflow generate`.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! Integration tests: chat templates against transformers, label masks, readers and errors,
 //! packing, batching, inspect/stats, property tests of the parsers.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

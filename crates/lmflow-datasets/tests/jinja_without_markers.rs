@@ -1,5 +1,6 @@
 //! Hub chat templates without `{% generation %}` markers still train exactly the assistant
 //! turns (content + end-of-turn), found by rendering conversation prefixes.
+#![allow(clippy::unwrap_used)]
 
 use lmflow_datasets::{ChatTemplate, Conversation, Message, Role, TemplateTokens};
 use lmflow_models::Tokenizer;

@@ -2,6 +2,7 @@
 //! every tiny checkpoint with and without a LoRA adapter, batch 1 and ragged batches; KV cache
 //! against full recomputation; speculative decoding (greedy equality, sampling distribution);
 //! RoPE scaling overrides against transformers' logits beyond the original context.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Model-independent checks: logits processors against transformers (fixture
 //! tests/fixtures/infer/processors.json from tests/fixtures/infer.py) and the speculative
 //! sampling rule against the exact target distribution (chi-square, fixed seed).
+#![allow(clippy::unwrap_used)]
 
 use lmflow_infer::speculative_math::{verify_greedy, verify_sampled};
 use lmflow_infer::{GenerationConfig, LogitsPipeline, SeededRng, processors, sampler};

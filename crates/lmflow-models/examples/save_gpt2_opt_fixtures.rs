@@ -5,6 +5,7 @@
 //! cargo run -p lmflow-models --example save_gpt2_opt_fixtures -- target/gpt2-opt-rust-saved
 //! python tests/fixtures/models_gpt2_opt.py check target/gpt2-opt-rust-saved
 //! ```
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

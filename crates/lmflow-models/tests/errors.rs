@@ -1,4 +1,5 @@
 //! Bad input gets a clear error naming the file and the key or tensor.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! GPT-2 and OPT against `transformers`: logits and final hidden states of tiny random-init
 //! checkpoints (fixtures from tests/fixtures/models_gpt2_opt.py), KV-cache decoding against the
 //! full forward pass, and save -> load round trips.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Parameter groups, clipping under autodiff, token-weighted accumulation, registry errors and
 //! schedule records.
+#![allow(clippy::unwrap_used)]
 
 use burn::lr_scheduler::LrScheduler;
 use burn::module::{Module, Param};

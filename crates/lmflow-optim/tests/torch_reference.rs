@@ -1,5 +1,6 @@
 //! Optimizer trajectories, schedules and clipping against the PyTorch fixtures written by
 //! `tests/fixtures/optim.py`.
+#![allow(clippy::unwrap_used)]
 
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;

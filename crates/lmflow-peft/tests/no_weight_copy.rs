@@ -2,6 +2,7 @@
 //! weight-sized buffer is allocated per call (a counting global allocator records the largest
 //! allocation made during the call). Guards the weight-layout fix of the speed work without
 //! timing anything.
+#![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

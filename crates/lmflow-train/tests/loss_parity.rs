@@ -1,4 +1,5 @@
 //! `causal_lm_loss` against PyTorch's `cross_entropy(ignore_index=-100)` (tests/fixtures/train.py).
+#![allow(clippy::unwrap_used)]
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmflow_train::causal_lm_loss;
