@@ -485,13 +485,6 @@ impl Nf4Weight {
     }
 }
 
-/// Memory of a set of NF4 weights: `(storage bytes, weight count)`.
-pub fn nf4_memory<'a>(weights: impl IntoIterator<Item = &'a Nf4Weight>) -> (usize, usize) {
-    weights.into_iter().fold((0, 0), |(b, n), w| {
-        (b + w.storage_bytes(), n + w.rows * w.cols)
-    })
-}
-
 /// Keys a bitsandbytes `Linear4bit` adds next to `<prefix>.weight` (for filtering).
 pub fn is_bnb_aux_key(key: &str) -> bool {
     const SUFFIXES: [&str; 5] = [
