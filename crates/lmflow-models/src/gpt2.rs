@@ -182,7 +182,8 @@ impl Gpt2Config {
         let lin = |d_in: usize, d_out: usize, init: Init| {
             lazy_linear(d_in, d_out, device, init, Some(Init::Zeros))
         };
-        let table = |shape: [usize; 2]| lazy_param(shape, device, move |dev| std.tensor(shape, dev));
+        let table =
+            |shape: [usize; 2]| lazy_param(shape, device, move |dev| std.tensor(shape, dev));
         let blocks = (0..self.n_layer)
             .map(|i| Gpt2Block {
                 ln_1: self.layer_norm(device),
@@ -260,7 +261,11 @@ impl Gpt2Attention {
 }
 
 impl HubModule for Gpt2Attention {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         v.linear(&path.pp("c_attn"), &mut self.c_attn, WeightLayout::InOut)?;
         v.linear(&path.pp("c_proj"), &mut self.c_proj, WeightLayout::InOut)
     }
@@ -288,7 +293,11 @@ impl Gpt2Mlp {
 }
 
 impl HubModule for Gpt2Mlp {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         v.linear(&path.pp("c_fc"), &mut self.c_fc, WeightLayout::InOut)?;
         v.linear(&path.pp("c_proj"), &mut self.c_proj, WeightLayout::InOut)
     }
@@ -308,7 +317,11 @@ pub struct Gpt2Block {
 }
 
 impl HubModule for Gpt2Block {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         self.ln_1.visit_tensors(&path.pp("ln_1"), v)?;
         self.attn.visit_tensors(&path.pp("attn"), v)?;
         self.ln_2.visit_tensors(&path.pp("ln_2"), v)?;
@@ -337,13 +350,22 @@ pub struct Gpt2Model {
 
 impl HubModule for Gpt2Model {
     /// `transformer.*` and `lm_head` (untied only).
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         let base = path.pp("transformer");
         v.embedding(&base.pp("wte"), &mut self.wte)?;
         v.embedding(&base.pp("wpe"), &mut self.wpe)?;
         self.blocks.visit_tensors(&base.pp("h"), v)?;
         self.ln_f.visit_tensors(&base.pp("ln_f"), v)?;
-        visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, WeightLayout::OutIn)
+        visit_optional_linear(
+            v,
+            &path.pp("lm_head"),
+            &mut self.lm_head,
+            WeightLayout::OutIn,
+        )
     }
 }
 

@@ -85,7 +85,11 @@ pub trait TensorVisitor {
     ) -> Result<(), ModelError>;
 
     /// An embedding table at module path `path` (`{path}.weight`, `[rows, width]`).
-    fn embedding(&mut self, path: &HubPath, table: &mut Param<Tensor<2>>) -> Result<(), ModelError> {
+    fn embedding(
+        &mut self,
+        path: &HubPath,
+        table: &mut Param<Tensor<2>>,
+    ) -> Result<(), ModelError> {
         self.param(&path.pp("weight"), ParamSlot::Matrix(table))
     }
 }
@@ -93,13 +97,20 @@ pub trait TensorVisitor {
 /// A module that names its tensors relative to its parent.
 pub trait HubModule {
     /// Hands every tensor of the module, under `path`, to `visitor`.
-    fn visit_tensors(&mut self, path: &HubPath, visitor: &mut dyn TensorVisitor)
-    -> Result<(), ModelError>;
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        visitor: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError>;
 }
 
 impl<M: HubModule> HubModule for Vec<M> {
     /// Element `i` lives at `path.i`.
-    fn visit_tensors(&mut self, path: &HubPath, visitor: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        visitor: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         for (i, module) in self.iter_mut().enumerate() {
             module.visit_tensors(&path.pp(i), visitor)?;
         }
@@ -109,7 +120,11 @@ impl<M: HubModule> HubModule for Vec<M> {
 
 impl<M: HubModule> HubModule for Option<M> {
     /// Absent modules have no tensors.
-    fn visit_tensors(&mut self, path: &HubPath, visitor: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        visitor: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         match self {
             Some(module) => module.visit_tensors(path, visitor),
             None => Ok(()),
@@ -261,7 +276,12 @@ impl TensorVisitor for LinearPaths<'_> {
         Ok(())
     }
 
-    fn linear(&mut self, path: &HubPath, linear: &mut Linear, _: WeightLayout) -> Result<(), ModelError> {
+    fn linear(
+        &mut self,
+        path: &HubPath,
+        linear: &mut Linear,
+        _: WeightLayout,
+    ) -> Result<(), ModelError> {
         (self.0)(path.as_str(), linear);
         Ok(())
     }
@@ -279,17 +299,18 @@ impl TensorVisitor for EmbeddingPaths<'_> {
         Ok(())
     }
 
-    fn embedding(&mut self, path: &HubPath, table: &mut Param<Tensor<2>>) -> Result<(), ModelError> {
+    fn embedding(
+        &mut self,
+        path: &HubPath,
+        table: &mut Param<Tensor<2>>,
+    ) -> Result<(), ModelError> {
         (self.0)(path.as_str(), table);
         Ok(())
     }
 }
 
 /// Runs a visitor that cannot fail (the path visitors above).
-pub(crate) fn visit_infallible(
-    module: &mut dyn HubModule,
-    visitor: &mut dyn TensorVisitor,
-) {
+pub(crate) fn visit_infallible(module: &mut dyn HubModule, visitor: &mut dyn TensorVisitor) {
     let result = module.visit_tensors(&HubPath::root(), visitor);
     debug_assert!(result.is_ok(), "path visitors do not fail: {result:?}");
 }
@@ -357,7 +378,8 @@ pub fn lazy_linear(
     let mut linear = Linear::from_tensors(Tensor::zeros([0, d_input], device), None);
     let shape = [d_output, d_input];
     linear.weight = lazy_param(shape, device, move |d| weight.tensor(shape, d));
-    linear.bias = bias.map(|init| lazy_param([d_output], device, move |d| init.tensor([d_output], d)));
+    linear.bias =
+        bias.map(|init| lazy_param([d_output], device, move |d| init.tensor([d_output], d)));
     linear
 }
 

@@ -36,7 +36,11 @@ pub fn check_input(
         expect("position_ids", p.dims(), [b, s])?;
     }
     if let Some(m) = &input.attention_mask {
-        expect("attention_mask ([batch, past + seq])", m.dims(), [b, past + s])?;
+        expect(
+            "attention_mask ([batch, past + seq])",
+            m.dims(),
+            [b, past + s],
+        )?;
     }
     if let Some(seg) = &input.segment_ids {
         expect("segment_ids", seg.dims(), [b, s])?;

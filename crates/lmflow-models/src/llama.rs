@@ -263,8 +263,7 @@ impl LlamaConfig {
             AttentionBiases::QkvOnly => (true, false),
             AttentionBiases::Never => (false, false),
         };
-        let mlp_bias =
-            variant.mlp_bias_key && config.bool_opt("mlp_bias")?.unwrap_or(false);
+        let mlp_bias = variant.mlp_bias_key && config.bool_opt("mlp_bias")?.unwrap_or(false);
         Ok(Self {
             model_type: config.model_type.clone(),
             vocab_size: config.usize_req(&["vocab_size"])?,
@@ -453,7 +452,11 @@ impl Mlp {
 }
 
 impl HubModule for Mlp {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         for (name, linear) in [
             ("gate_proj", &mut self.gate_proj),
             ("up_proj", &mut self.up_proj),
@@ -533,7 +536,11 @@ impl Attention {
 }
 
 impl HubModule for Attention {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         for (name, linear) in [
             ("q_proj", &mut self.q_proj),
             ("k_proj", &mut self.k_proj),
@@ -574,14 +581,21 @@ impl DecoderLayer {
     ) -> Result<Tensor<3>, ModelError> {
         let h = self.input_layernorm.forward(x.clone());
         let x = x.add(self.self_attn.forward(h, cos, sin, bias, cache)?);
-        let h = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        let h = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
         Ok(x.add(h))
     }
 }
 
 impl HubModule for DecoderLayer {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
-        self.input_layernorm.visit_tensors(&path.pp("input_layernorm"), v)?;
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
+        self.input_layernorm
+            .visit_tensors(&path.pp("input_layernorm"), v)?;
         self.self_attn.visit_tensors(&path.pp("self_attn"), v)?;
         self.post_attention_layernorm
             .visit_tensors(&path.pp("post_attention_layernorm"), v)?;
@@ -610,12 +624,21 @@ pub struct LlamaModel {
 }
 
 impl HubModule for LlamaModel {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         let model = path.pp("model");
         v.embedding(&model.pp("embed_tokens"), &mut self.embed_tokens.weight)?;
         self.layers.visit_tensors(&model.pp("layers"), v)?;
         self.norm.visit_tensors(&model.pp("norm"), v)?;
-        visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, WeightLayout::OutIn)
+        visit_optional_linear(
+            v,
+            &path.pp("lm_head"),
+            &mut self.lm_head,
+            WeightLayout::OutIn,
+        )
     }
 }
 

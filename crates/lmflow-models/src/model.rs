@@ -11,7 +11,9 @@ use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gpt2::{Gpt2Config, Gpt2Model};
-use crate::hub::{EmbeddingPaths, HubModule, HubPath, LinearPaths, TensorVisitor, visit_infallible};
+use crate::hub::{
+    EmbeddingPaths, HubModule, HubPath, LinearPaths, TensorVisitor, visit_infallible,
+};
 use crate::llama::{LlamaConfig, LlamaModel, LlamaVariant};
 use crate::opt::{OptConfig, OptModel};
 use crate::rope::RopeScaling;
@@ -41,13 +43,34 @@ pub struct ModelTypeRow {
 /// Every `model_type` [`load_pretrained`] and [`CausalLm::from_config`] accept: the one list
 /// of supported architectures.
 pub const MODEL_TYPES: &[ModelTypeRow] = &[
-    ModelTypeRow { model_type: "llama", family: Family::Llama(LlamaVariant::LLAMA) },
-    ModelTypeRow { model_type: "mistral", family: Family::Llama(LlamaVariant::MISTRAL) },
-    ModelTypeRow { model_type: "ministral", family: Family::Llama(LlamaVariant::MINISTRAL) },
-    ModelTypeRow { model_type: "qwen2", family: Family::Llama(LlamaVariant::QWEN2) },
-    ModelTypeRow { model_type: "qwen3", family: Family::Llama(LlamaVariant::QWEN3) },
-    ModelTypeRow { model_type: "gpt2", family: Family::Gpt2 },
-    ModelTypeRow { model_type: "opt", family: Family::Opt },
+    ModelTypeRow {
+        model_type: "llama",
+        family: Family::Llama(LlamaVariant::LLAMA),
+    },
+    ModelTypeRow {
+        model_type: "mistral",
+        family: Family::Llama(LlamaVariant::MISTRAL),
+    },
+    ModelTypeRow {
+        model_type: "ministral",
+        family: Family::Llama(LlamaVariant::MINISTRAL),
+    },
+    ModelTypeRow {
+        model_type: "qwen2",
+        family: Family::Llama(LlamaVariant::QWEN2),
+    },
+    ModelTypeRow {
+        model_type: "qwen3",
+        family: Family::Llama(LlamaVariant::QWEN3),
+    },
+    ModelTypeRow {
+        model_type: "gpt2",
+        family: Family::Gpt2,
+    },
+    ModelTypeRow {
+        model_type: "opt",
+        family: Family::Opt,
+    },
 ];
 
 /// The row of `model_type` in [`MODEL_TYPES`].
@@ -355,7 +378,11 @@ impl CausalLm {
 }
 
 impl HubModule for CausalLm {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         match self {
             Self::Llama(m) => m.visit_tensors(path, v),
             Self::Gpt2(m) => m.visit_tensors(path, v),

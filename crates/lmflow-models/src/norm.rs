@@ -66,6 +66,9 @@ impl crate::hub::HubModule for RmsNorm {
         path: &crate::hub::HubPath,
         v: &mut dyn crate::hub::TensorVisitor,
     ) -> Result<(), crate::error::ModelError> {
-        v.param(&path.pp("weight"), crate::hub::ParamSlot::Vector(&mut self.weight))
+        v.param(
+            &path.pp("weight"),
+            crate::hub::ParamSlot::Vector(&mut self.weight),
+        )
     }
 }

@@ -337,7 +337,11 @@ pub struct OptModel {
 }
 
 impl HubModule for OptAttention {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         for (name, linear) in [
             ("q_proj", &mut self.q_proj),
             ("k_proj", &mut self.k_proj),
@@ -351,19 +355,28 @@ impl HubModule for OptAttention {
 }
 
 impl HubModule for OptDecoderLayer {
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         self.self_attn.visit_tensors(&path.pp("self_attn"), v)?;
         self.self_attn_layer_norm
             .visit_tensors(&path.pp("self_attn_layer_norm"), v)?;
         v.linear(&path.pp("fc1"), &mut self.fc1, WeightLayout::OutIn)?;
         v.linear(&path.pp("fc2"), &mut self.fc2, WeightLayout::OutIn)?;
-        self.final_layer_norm.visit_tensors(&path.pp("final_layer_norm"), v)
+        self.final_layer_norm
+            .visit_tensors(&path.pp("final_layer_norm"), v)
     }
 }
 
 impl HubModule for OptModel {
     /// `model.decoder.*` and `lm_head` (untied only).
-    fn visit_tensors(&mut self, path: &HubPath, v: &mut dyn TensorVisitor) -> Result<(), ModelError> {
+    fn visit_tensors(
+        &mut self,
+        path: &HubPath,
+        v: &mut dyn TensorVisitor,
+    ) -> Result<(), ModelError> {
         let decoder = path.pp("model").pp("decoder");
         v.embedding(&decoder.pp("embed_tokens"), &mut self.embed_tokens)?;
         v.embedding(&decoder.pp("embed_positions"), &mut self.embed_positions)?;
@@ -371,7 +384,8 @@ impl HubModule for OptModel {
         // Forward order.
         visit_optional_linear(v, &decoder.pp("project_in"), &mut self.project_in, out_in)?;
         self.layers.visit_tensors(&decoder.pp("layers"), v)?;
-        self.final_layer_norm.visit_tensors(&decoder.pp("final_layer_norm"), v)?;
+        self.final_layer_norm
+            .visit_tensors(&decoder.pp("final_layer_norm"), v)?;
         visit_optional_linear(v, &decoder.pp("project_out"), &mut self.project_out, out_in)?;
         visit_optional_linear(v, &path.pp("lm_head"), &mut self.lm_head, out_in)
     }

@@ -49,7 +49,11 @@ fn every_visited_linear_and_embedding_is_in_the_state_dict() {
             );
         });
         assert!(linears.len() >= 4, "{}: {linears:?}", model.model_type());
-        assert!(linears.iter().any(|p| p == "lm_head"), "{}", model.model_type());
+        assert!(
+            linears.iter().any(|p| p == "lm_head"),
+            "{}",
+            model.model_type()
+        );
         for path in &linears {
             assert!(
                 names.contains(&format!("{path}.weight")),
@@ -80,7 +84,11 @@ fn saved_names_load_back_and_nothing_is_left_over() {
         let weights =
             WeightSource::open(dir.path(), &device, burn::tensor::FloatDType::F32).unwrap();
         let loaded = CausalLm::load(&config, &weights).unwrap();
-        assert!(weights.unused().is_empty(), "{model_type}: {:?}", weights.unused());
+        assert!(
+            weights.unused().is_empty(),
+            "{model_type}: {:?}",
+            weights.unused()
+        );
         let before = model.state_dict();
         let after = loaded.state_dict();
         assert_eq!(before.len(), after.len(), "{model_type}");
