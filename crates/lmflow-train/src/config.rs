@@ -132,8 +132,42 @@ impl TrainerConfig {
         {
             return bad("num_train_epochs must be positive (or set max_steps)");
         }
-        if self.packing && self.block_size == 0 {
-            return bad("block_size must be at least 1 when packing");
+        if self.packing && self.block_size < 2 {
+            return bad(
+                "block_size must be at least 2 when packing (the loss predicts each token from \
+                 the ones before it)",
+            );
+        }
+        if !(self.num_train_epochs.is_finite() && self.num_train_epochs >= 0.0) {
+            return bad("num_train_epochs must be a finite, non-negative number");
+        }
+        if !(self.warmup_ratio.is_finite() && (0.0..=1.0).contains(&self.warmup_ratio)) {
+            return bad("warmup_ratio must lie in [0, 1]");
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad("max_grad_norm must be a finite, non-negative number (0 disables)");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay must be a finite, non-negative number");
+        }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return bad("adam_epsilon must be a finite, positive number");
+        }
+        for (name, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(TrainError::Config(format!("{name} must lie in [0, 1)")));
+            }
+        }
+        if let Some(ratio) = self.lora_plus_ratio
+            && !(ratio.is_finite() && ratio > 0.0)
+        {
+            return bad("lora_plus_ratio must be a finite, positive number");
+        }
+        if self.lisa_activated_layers == Some(0) {
+            return bad("lisa_activated_layers must be at least 1");
         }
         if self.logging_steps == 0 {
             return bad("logging_steps must be at least 1");

@@ -24,6 +24,29 @@ pub enum TrainError {
     /// The configuration is inconsistent.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// The loss or the gradient norm of a step is NaN or infinite. The run stops before the
+    /// optimizer step and before any checkpoint of that step, so the last good checkpoint stays.
+    #[error(
+        "step {step}: the {quantity} is {value}, not a finite number; training stopped before \
+         the optimizer step (the last checkpoint is kept). Lower the learning rate, or check the \
+         data and the model weights for NaN/inf"
+    )]
+    NonFinite {
+        /// The optimizer step that produced it (1-based).
+        step: usize,
+        /// `"loss"` or `"gradient norm"`.
+        quantity: &'static str,
+        /// The value.
+        value: f64,
+    },
+    /// The output folder holds another run, or cannot be used as asked.
+    #[error("{dir}: {message}")]
+    RunFolder {
+        /// The output folder.
+        dir: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Drawing the loss curve failed.
     #[error("{path}: cannot draw the loss curve: {message}")]
     Plot {

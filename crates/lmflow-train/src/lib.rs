@@ -7,7 +7,8 @@
 //! - [`loss::causal_lm_loss`]: next-token cross-entropy over trained tokens (labels `-100` skipped),
 //!   equal to what `transformers` computes;
 //! - [`metrics`]: `metrics.jsonl` records and the loss-curve PNG;
-//! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`].
+//! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`];
+//! - [`run_folder`]: the run identity (`run.json`) that keeps two runs out of one folder.
 //!
 //! ```
 //! use burn::tensor::{Device, Int, Tensor};
@@ -29,6 +30,7 @@ pub mod error;
 pub mod lora_weights;
 pub mod loss;
 pub mod metrics;
+pub mod run_folder;
 pub mod stable_ids;
 pub mod trainer;
 pub mod weights;
@@ -40,6 +42,7 @@ pub use lmflow_datasets::TokenizedSample;
 pub use lora_weights::LoraWeights;
 pub use loss::{IGNORE_INDEX, LossOutput, TokenLogprobs, causal_lm_loss, shifted_token_logprobs};
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
+pub use run_folder::{DataFingerprint, RunFolderPlan, RunIdentity, StartMode, plan_run_folder};
 pub use stable_ids::assign_stable_param_ids;
 pub use trainer::{TrainEvent, TrainOutcome, Trainer, WeightsIo};
 pub use weights::FullModelWeights;

@@ -105,6 +105,9 @@ impl Trainer {
     }
 
     /// Mean loss per trained token of `model` on `samples`.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when `samples` hold no trained token (the mean is undefined).
     pub fn evaluate(&self, model: &CausalLm, samples: &[TokenizedSample]) -> Result<f64> {
         let (mut sum, mut tokens) = (0.0f64, 0usize);
         for chunk in samples.chunks(self.config.per_device_eval_batch_size) {
@@ -118,7 +121,14 @@ impl Trainer {
             sum += loss.sum.into_scalar::<f32>() as f64;
             tokens += loss.tokens;
         }
-        Ok(sum / tokens.max(1) as f64)
+        if tokens == 0 {
+            return Err(TrainError::Config(
+                "the evaluation set has no trained tokens (every label is masked or every \
+                 sample is a single token): its loss is undefined"
+                    .into(),
+            ));
+        }
+        Ok(sum / tokens as f64)
     }
 
     /// Trains `model` (its trainable parameters only: freeze the base beforehand for adapter
@@ -148,6 +158,13 @@ impl Trainer {
                 .collect()
         };
         let train = rows.as_slice();
+        if train.iter().all(|row| predicted_tokens(&row.labels) == 0) {
+            return Err(TrainError::Config(
+                "the training set has no trained tokens: every label is masked (prompt-only \
+                 samples) or every sample is a single token (raise the block size)"
+                    .into(),
+            ));
+        }
         let total_steps = cfg.total_steps(train.len());
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
@@ -172,7 +189,13 @@ impl Trainer {
             state = TrainerState::load(&ckpt)?;
             model = assign_stable_param_ids(weights.load(model, &ckpt.join("weights"))?);
             let opt_path = ckpt.join("optimizer.bpk");
-            if opt_path.is_file() {
+            if !opt_path.is_file() {
+                tracing::warn!(
+                    "{}: no optimizer state; resuming with a fresh optimizer (its moments \
+                     restart from zero)",
+                    opt_path.display()
+                );
+            } else {
                 let record = burn::optim::OptimizerRecord::load(&opt_path).map_err(|e| {
                     TrainError::Config(format!(
                         "{}: cannot read optimizer state: {e}",
@@ -257,6 +280,18 @@ impl Trainer {
             } else {
                 lmflow_optim::clip::grad_norm(&model, &grads, NormType::P(2.0))
             };
+            // A NaN or infinite step stops the run here, before the optimizer step and before
+            // any checkpoint of this step: the last good checkpoint is never rotated away.
+            let step_loss = step_sum / step_tokens.max(1) as f64;
+            for (quantity, value) in [("loss", step_loss), ("gradient norm", grad_norm)] {
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: state.global_step + 1,
+                        quantity,
+                        value,
+                    });
+                }
+            }
             let lr = schedule.lr(state.global_step);
             model = match &mut lisa {
                 Some(l) => l.optimizer_step_params(lr, model, grads),
@@ -267,7 +302,6 @@ impl Trainer {
             run_tokens += step_tokens as u64;
             window_sum += step_sum;
             window_tokens += step_tokens;
-            let step_loss = step_sum / step_tokens.max(1) as f64;
             let tps = run_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             on_event(TrainEvent::Step {
                 step: state.global_step,

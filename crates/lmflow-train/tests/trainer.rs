@@ -1,4 +1,5 @@
 //! End-to-end trainer behaviour on a tiny randomly initialised LLaMA.
+#![allow(clippy::unwrap_used)]
 
 use burn::tensor::Device;
 use lmflow_models::{CausalLm, ModelConfig};
@@ -139,6 +140,68 @@ fn empty_training_set_is_an_error() {
         .train(model, &io, &[], None, &mut |_| {})
         .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_non_finite_step_and_keeps_the_last_checkpoint() {
+    let device = Device::flex().autodiff();
+    let cfg = tiny_config();
+    let model = CausalLm::from_config(&cfg, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A huge learning rate blows the weights up after the first step; the second step's
+    // logits overflow and its loss is NaN or infinite.
+    let config = TrainerConfig {
+        learning_rate: 1e30,
+        max_grad_norm: 0.0,
+        gradient_accumulation_steps: 1,
+        save_steps: 1,
+        save_total_limit: 1,
+        ..config(dir.path(), 6)
+    };
+    let trainer = Trainer::new(config, device.clone(), 0).unwrap();
+    let io = FullModelWeights::new(cfg, device);
+    let mut saved = Vec::new();
+    let err = trainer
+        .train(model, &io, &samples(), None, &mut |e| {
+            if let lmflow_train::TrainEvent::Saved { path } = e {
+                saved.push(path);
+            }
+        })
+        .unwrap_err();
+    let lmflow_train::TrainError::NonFinite { step, .. } = err else {
+        panic!("expected a non-finite error, got {err}");
+    };
+    assert!(err.to_string().contains(&format!("step {step}")), "{err}");
+    // Every step before the bad one was checkpointed; the bad one was not, and the last good
+    // checkpoint was not rotated away.
+    assert_eq!(saved.len(), step - 1);
+    let last_good = dir.path().join(format!("checkpoint-{}", step - 1));
+    assert!(last_good.join("trainer_state.json").is_file() || step == 1);
+    assert!(!dir.path().join(format!("checkpoint-{step}")).exists());
+    assert!(!dir.path().join("final").exists());
+}
+
+#[test]
+fn training_data_without_trained_tokens_is_an_error() {
+    let device = Device::flex().autodiff();
+    let cfg = tiny_config();
+    let model = CausalLm::from_config(&cfg, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trainer = Trainer::new(config(dir.path(), 2), device.clone(), 0).unwrap();
+    let io = FullModelWeights::new(cfg, device);
+    let masked: Vec<TokenizedSample> = samples()
+        .into_iter()
+        .map(|mut s| {
+            s.labels.iter_mut().for_each(|l| *l = IGNORE_INDEX);
+            s
+        })
+        .collect();
+    let err = trainer
+        .train(model.clone(), &io, &masked, None, &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("no trained tokens"), "{err}");
+    let err = trainer.evaluate(&model, &masked).unwrap_err();
+    assert!(err.to_string().contains("no trained tokens"), "{err}");
 }
 
 #[test]
