@@ -296,6 +296,18 @@ impl LoraConfig {
                 reason: "must be positive".into(),
             });
         }
+        if !self.lora_alpha.is_finite() {
+            return Err(PeftError::InvalidConfig {
+                field: "lora_alpha".into(),
+                reason: format!("{} is not a finite number", self.lora_alpha),
+            });
+        }
+        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite()) {
+            return Err(PeftError::InvalidConfig {
+                field: format!("alpha_pattern.{k}"),
+                reason: format!("{a} is not a finite number"),
+            });
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(PeftError::InvalidConfig {
                 field: "lora_dropout".into(),

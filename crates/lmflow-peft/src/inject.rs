@@ -236,6 +236,19 @@ fn attach(
         });
     }
     let (r, alpha) = cfg.rank_and_alpha(path)?;
+    // The update `B A` has rank at most min(d_in, d_out): a rank above the layer's larger side
+    // only wastes memory, and an absurd one (1e12) would abort in allocation.
+    let (d_in, d_out) = lin.dims();
+    if r > d_in.max(d_out) {
+        return Err(PeftError::InvalidConfig {
+            field: "r".into(),
+            reason: format!(
+                "rank {r} exceeds both dimensions of `{path}` ({d_in} -> {d_out}); \
+                 use a rank of at most {}",
+                d_in.min(d_out)
+            ),
+        });
+    }
     let scale = cfg.scale(r, alpha);
     if *init == LoraInit::Pissa && lin.quant.is_some() {
         return Err(PeftError::Unsupported {

@@ -125,6 +125,17 @@ pub fn load_adapter<M: LinearVisitor>(
     let matcher = TargetMatcher::new(&cfg)?;
     let mut err: Option<PeftError> = None;
     let mut loaded = 0usize;
+    // As in PEFT, target_modules that match no layer of the model are an error, whatever the
+    // weights file holds.
+    let mut targeted = 0usize;
+    model.visit_linears(&mut |path, _| {
+        targeted += usize::from(matcher.is_target(path));
+    });
+    if targeted == 0 {
+        return Err(PeftError::NoTargetMatched {
+            targets: serde_json::to_string(&cfg.target_modules).unwrap_or_default(),
+        });
+    }
     model.visit_linears_mut(&mut |path, lin| {
         if err.is_some() {
             return;
@@ -202,14 +213,29 @@ pub fn load_adapter<M: LinearVisitor>(
                     reason: "missing although use_dora = true".into(),
                 });
             }
+            if !matcher.is_target(path) {
+                return Err(PeftError::Tensor {
+                    path: file.path.clone(),
+                    key: ak,
+                    reason: format!(
+                        "adapts `{path}`, which target_modules {} does not match",
+                        serde_json::to_string(&cfg.target_modules).unwrap_or_default()
+                    ),
+                });
+            }
+            // PEFT builds the layers from the config and then loads the tensors: a rank that
+            // differs from the config's (after rank_pattern) is a size mismatch there, and the
+            // scale `alpha / r` would use the wrong r here.
             let (r_cfg, alpha) = cfg.rank_and_alpha(path)?;
             if r_cfg != r {
-                tracing::warn!(
-                    path,
-                    r_cfg,
-                    r,
-                    "adapter rank differs from config; using the tensor's rank"
-                );
+                return Err(PeftError::Tensor {
+                    path: file.path.clone(),
+                    key: ak,
+                    reason: format!(
+                        "rank {r} in the tensors, but adapter_config.json gives r = {r_cfg} for \
+                         `{path}` (the adapter scale alpha / r would be wrong)"
+                    ),
+                });
             }
             let scale = cfg.scale(r_cfg, alpha);
             if lin.adapter(name).is_some() {

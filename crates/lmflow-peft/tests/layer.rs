@@ -1,6 +1,7 @@
 //! Layer-level tests of lmflow-peft on a toy model (no lmflow-models needed): LoRA / DoRA
 //! math, merge, targeting, save/load, training (frozen base, rank scaling), PiSSA, NF4
 //! against bitsandbytes fixtures, QLoRA training, LISA.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
@@ -313,6 +314,77 @@ fn save_load_round_trip_with_modules_to_save() {
     .unwrap();
     let err = lmflow_peft::load_adapter(&mut fresh, dir.path(), "x", &device).unwrap_err();
     assert!(err.to_string().contains("peft_type"), "{err}");
+}
+
+/// Rewrites `key` of a saved adapter's `adapter_config.json`.
+fn edit_adapter_config(dir: &std::path::Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+#[test]
+fn adapters_are_refused_as_peft_refuses_them() {
+    let device = Device::flex();
+    let cfg = LoraConfig::new(4, 8.0, names(&["up_proj", "down_proj"]));
+    let (mut toy, _) =
+        lmflow_peft::get_peft_model(Toy::new(8, 16, 2, 11, &device), &cfg, "default").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    lmflow_peft::save_adapter(&mut toy, &cfg, "default", dir.path()).unwrap();
+    let base = || {
+        let mut b = toy.clone();
+        lmflow_peft::unload(&mut b).unwrap();
+        b
+    };
+    assert!(lmflow_peft::load_adapter(&mut base(), dir.path(), "default", &device).is_ok());
+
+    // The config's r differs from the tensors' rank: the scale alpha / r would be wrong.
+    edit_adapter_config(dir.path(), "r", serde_json::json!(8));
+    let err = lmflow_peft::load_adapter(&mut base(), dir.path(), "default", &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 4") && err.contains("r = 8"), "{err}");
+    // rank_pattern is honoured.
+    edit_adapter_config(
+        dir.path(),
+        "rank_pattern",
+        serde_json::json!({"up_proj": 4, "down_proj": 4}),
+    );
+    assert!(lmflow_peft::load_adapter(&mut base(), dir.path(), "default", &device).is_ok());
+    edit_adapter_config(dir.path(), "rank_pattern", serde_json::json!({}));
+    edit_adapter_config(dir.path(), "r", serde_json::json!(4));
+
+    // target_modules that match no layer of the model.
+    edit_adapter_config(dir.path(), "target_modules", serde_json::json!(["q_proj"]));
+    let err = lmflow_peft::load_adapter(&mut base(), dir.path(), "default", &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("matches target_modules"), "{err}");
+    // target_modules that match some layers, but not the ones the tensors adapt.
+    edit_adapter_config(dir.path(), "target_modules", serde_json::json!(["up_proj"]));
+    let err = lmflow_peft::load_adapter(&mut base(), dir.path(), "default", &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("down_proj"), "{err}");
+}
+
+#[test]
+fn absurd_ranks_and_non_finite_alphas_are_refused_before_allocating() {
+    let device = Device::flex();
+    let cfg = LoraConfig::new(1_000_000_000_000, 8.0, names(&["up_proj"]));
+    let err = lmflow_peft::get_peft_model(Toy::new(8, 16, 1, 11, &device), &cfg, "default")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 1000000000000"), "{err}");
+    for alpha in [f64::NAN, f64::INFINITY] {
+        let cfg = LoraConfig::new(2, alpha, names(&["up_proj"]));
+        let err = lmflow_peft::get_peft_model(Toy::new(8, 16, 1, 11, &device), &cfg, "default")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lora_alpha"), "{err}");
+    }
 }
 
 #[test]
