@@ -1,7 +1,8 @@
 //! Key/value cache for incremental decoding.
 //!
-//! A [`KvCache`] holds, per layer, keys and values of shape `[batch, kv_heads, max_len,
-//! head_dim]`, allocated on first use with the dtype and device of the first keys written.
+//! A [`KvCache`] holds, per layer, keys and values of shape `[batch, kv_heads, capacity,
+//! head_dim]`, allocated on first use with the dtype and device of the first keys written and
+//! grown (doubling) as positions arrive, never beyond `max_len`.
 //! A forward pass writes its new keys/values at positions `len()..len() + seq` of every layer
 //! ([`KvCache::update`]) and then advances the length once ([`KvCache::advance`]); models do
 //! both, callers only create, truncate or reset caches.
@@ -9,6 +10,9 @@
 use burn::tensor::{Tensor, s};
 
 use crate::error::ModelError;
+
+/// Positions allocated at least when a layer's buffers are first created.
+const MIN_CAPACITY: usize = 64;
 
 /// One layer's preallocated keys and values, `[batch, kv_heads, max_len, head_dim]`.
 #[derive(Debug, Clone)]
@@ -93,10 +97,18 @@ impl KvCache {
                 "KV cache has {num_layers} layers, got layer {layer}"
             ))
         })?;
+        // Buffers grow on demand (doubling, capped at `max_len`) rather than being allocated at
+        // `max_len` up front: a caller asking for a huge capacity (`max_new_tokens` 1e8) pays
+        // only for the positions it actually uses.
+        let grown = |cap: usize| {
+            end.max(cap.saturating_mul(2))
+                .max(MIN_CAPACITY)
+                .min(self.max_len)
+        };
         let mut kv = match slot.take() {
             Some(kv) => kv,
             None => {
-                let shape = [batch, heads, self.max_len, head_dim];
+                let shape = [batch, heads, grown(0), head_dim];
                 let options = (&keys.device(), keys.dtype());
                 LayerKv {
                     keys: Tensor::zeros(shape, options),
@@ -104,12 +116,21 @@ impl KvCache {
                 }
             }
         };
-        let [cb, ch, _, cd] = kv.keys.dims();
+        let [cb, ch, cap, cd] = kv.keys.dims();
         if [cb, ch, cd] != [batch, heads, head_dim] {
             return Err(ModelError::Input(format!(
                 "KV cache holds [batch {cb}, heads {ch}, head_dim {cd}], \
                  got [batch {batch}, heads {heads}, head_dim {head_dim}]"
             )));
+        }
+        if end > cap {
+            let shape = [batch, heads, grown(cap), head_dim];
+            let grow = |old: Tensor<4>| {
+                Tensor::zeros(shape, (&old.device(), old.dtype()))
+                    .slice_assign(s![.., .., 0..cap, ..], old)
+            };
+            kv.keys = grow(kv.keys);
+            kv.values = grow(kv.values);
         }
         let start = self.len;
         kv.keys = kv.keys.slice_assign(s![.., .., start..end, ..], keys);
@@ -125,5 +146,36 @@ impl KvCache {
     /// Advances the length by `seq` positions after every layer has been updated.
     pub fn advance(&mut self, seq: usize) {
         self.len = (self.len + seq).min(self.max_len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    #[test]
+    fn a_huge_capacity_is_not_allocated_up_front_and_growth_keeps_the_contents() {
+        let device = Device::flex();
+        // 1e8 positions of [1, 2, _, 4] f32 would be 6.4 GB per layer and buffer.
+        let mut cache = KvCache::new(1, 100_000_000);
+        let mut expected = Vec::new();
+        for pos in 0..150 {
+            let step = Tensor::<4>::full([1, 2, 1, 4], pos as f32, &device);
+            let (k, v) = cache.update(0, step.clone(), step).unwrap();
+            cache.advance(1);
+            expected.extend(std::iter::repeat_n(pos as f32, 4));
+            assert_eq!(k.dims(), [1, 2, pos + 1, 4]);
+            let got: Vec<f32> = v
+                .slice(s![0..1, 0..1, .., ..])
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(got, expected);
+        }
+        let Some(Some(layer)) = cache.layers.first() else {
+            panic!("layer 0 not allocated");
+        };
+        assert_eq!(layer.keys.dims()[2], 256);
     }
 }

@@ -107,6 +107,9 @@ impl RopeConfig {
             Some(v) => num(v).ok_or_else(|| err("rope_theta", "expected a number"))?,
             None => config.f64_opt("rope_theta")?.unwrap_or(default_theta),
         };
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(err("rope_theta", "must be a positive, finite number"));
+        }
         let partial = match field("partial_rotary_factor") {
             Some(v) => num(v),
             None => config.f64_opt("partial_rotary_factor")?,

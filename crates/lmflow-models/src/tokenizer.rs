@@ -353,12 +353,22 @@ impl Tokenizer {
     }
 
     /// Decodes ids into text; `skip_special_tokens` drops special tokens as
-    /// `tokenizer.decode(ids, skip_special_tokens=...)` does.
+    /// `tokenizer.decode(ids, skip_special_tokens=...)` does. Ids the tokenizer lacks (a model
+    /// whose embedding table is padded beyond the vocabulary can emit them) decode as nothing,
+    /// as in `transformers`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let vocab_size = self.vocab_size();
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(TokenizerError::UnknownId { id, vocab_size });
-        }
+        let known: Vec<u32>;
+        let ids = if ids.iter().any(|&id| id as usize >= vocab_size) {
+            known = ids
+                .iter()
+                .copied()
+                .filter(|&id| (id as usize) < vocab_size)
+                .collect();
+            &known[..]
+        } else {
+            ids
+        };
         let text = self
             .inner
             .decode(ids, skip_special_tokens)
@@ -857,5 +867,23 @@ mod tests {
         assert_eq!(tok.chat_template(Some("tool_use")), Some("B"));
         assert_eq!(tok.chat_template(None), Some("A"));
         assert_eq!(tok.eos_token_ids(), &[4, 2]);
+    }
+
+    #[test]
+    fn ids_beyond_the_vocabulary_decode_as_nothing() {
+        // Models pad their embedding tables (Qwen2: 151,936 rows for ~151,650 tokens) and can
+        // emit the padding ids; transformers decodes them as empty text.
+        let tok = Tokenizer::from_dir(DIR).unwrap();
+        let hello = tok.encode("hello world", false).unwrap();
+        let beyond = tok.vocab_size() as u32 + 7;
+        let mut with_padding = hello.clone();
+        with_padding.insert(1, beyond);
+        with_padding.push(beyond);
+        assert_eq!(
+            tok.decode(&with_padding, false).unwrap(),
+            tok.decode(&hello, false).unwrap()
+        );
+        let mut stream = tok.stream_decoder(false);
+        assert_eq!(stream.push(beyond).unwrap(), None);
     }
 }
