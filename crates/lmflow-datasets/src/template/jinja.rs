@@ -42,10 +42,23 @@ impl std::fmt::Debug for JinjaTemplate {
     }
 }
 
+/// Template instructions one rendering may execute. Chat templates arrive inside downloaded
+/// model folders and are untrusted: a runaway loop stops here (well under a second) instead of
+/// running for minutes. Real templates use a few dozen instructions per message.
+pub const MAX_TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Bytes one rendering may produce (64 MiB); a template emitting more is stopped with an error
+/// instead of exhausting memory.
+pub const MAX_TEMPLATE_OUTPUT: usize = 64 << 20;
+
 fn template_err(name: &str, e: &Error) -> DatasetError {
     // `raise_exception` messages are reported as they are; other errors with their details.
     let message = match e.kind() {
         ErrorKind::InvalidOperation => e.detail().unwrap_or_default().to_string(),
+        ErrorKind::OutOfFuel => format!(
+            "rendering stopped after {MAX_TEMPLATE_FUEL} template instructions (a runaway \
+             loop?); chat templates come from model folders and are run with limits"
+        ),
         _ => format!("{e:#}"),
     };
     DatasetError::Template {
@@ -265,8 +278,30 @@ pub(crate) fn strftime(unix_secs: i64, fmt: &str) -> String {
     out
 }
 
+/// Collects rendered output, failing once it would exceed [`MAX_TEMPLATE_OUTPUT`].
+struct LimitedOutput {
+    buf: Vec<u8>,
+    exceeded: bool,
+}
+
+impl std::io::Write for LimitedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_TEMPLATE_OUTPUT {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn new_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(MAX_TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -348,9 +383,28 @@ impl JinjaTemplate {
                 ctx.insert(key.into(), Json::String(s.clone()));
             }
         }
-        template
-            .render(Value::from_serialize(&ctx))
-            .map_err(|e| template_err(&self.name, &e))
+        let mut out = LimitedOutput {
+            buf: Vec::new(),
+            exceeded: false,
+        };
+        let rendered = template
+            .render_captured_to(Value::from_serialize(&ctx), &mut out)
+            .map(drop);
+        if out.exceeded {
+            return Err(DatasetError::Template {
+                name: self.name.clone(),
+                message: format!(
+                    "rendering stopped: the output exceeds {} MiB; chat templates come from \
+                     model folders and are run with limits",
+                    MAX_TEMPLATE_OUTPUT >> 20
+                ),
+            });
+        }
+        rendered.map_err(|e| template_err(&self.name, &e))?;
+        String::from_utf8(out.buf).map_err(|e| DatasetError::Template {
+            name: self.name.clone(),
+            message: format!("output is not UTF-8: {e}"),
+        })
     }
 
     /// Renders JSON messages (Hub style `[{role, content}]`) to text, as
@@ -493,6 +547,45 @@ mod tests {
         assert_eq!(
             s,
             "a{%- filter __lmflow_generation_start %}{% endfilter -%}b{% filter __lmflow_generation_end %}{% endfilter %}c{% if x %}"
+        );
+    }
+
+    #[test]
+    fn untrusted_templates_stop_at_the_fuel_and_output_limits() {
+        let messages = [serde_json::json!({"role": "user", "content": "hi"})];
+        let tokens = TemplateTokens::default();
+        let started = std::time::Instant::now();
+        let spin = JinjaTemplate::new(
+            "spin",
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let err = spin
+            .render_messages(&messages, None, &tokens, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`spin`") && err.contains("instructions"),
+            "{err}"
+        );
+        assert!(started.elapsed().as_secs() < 30);
+        // 100 x 10 MB: a gigabyte of output.
+        let flood = JinjaTemplate::new(
+            "flood",
+            "{% for i in range(100) %}{{ 'x' * 10000000 }}{% endfor %}",
+        )
+        .unwrap();
+        let err = flood
+            .render_messages(&messages, None, &tokens, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`flood`") && err.contains("MiB"), "{err}");
+        let fine = JinjaTemplate::new("fine", "{% for m in messages %}{{ m.content }}{% endfor %}")
+            .unwrap();
+        assert_eq!(
+            fine.render_messages(&messages, None, &tokens, false)
+                .unwrap(),
+            "hi"
         );
     }
 }
