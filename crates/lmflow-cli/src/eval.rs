@@ -127,6 +127,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let block_size = args
         .block_size
         .unwrap_or_else(|| pretrained.model.max_position_embeddings());
+    if block_size < 2 {
+        bail!(
+            "--block-size {block_size}: must be at least 2 (each scored token is predicted from the ones before it)"
+        );
+    }
+    // A loss over no token is undefined (it used to be reported as 0 with exit code 0).
+    if sequences.iter().all(|ids| ids.len() < 2) {
+        bail!(
+            "{}: no token to score: every text encodes to fewer than two tokens",
+            args.dataset.display()
+        );
+    }
     let stats = match args.stride {
         Some(stride) => {
             let mut total = lmflow_models::eval::NllStats::default();
@@ -152,6 +164,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &device,
         )?,
     };
+    if stats.predicted_tokens == 0 {
+        bail!("{}: no token was scored", args.dataset.display());
+    }
     let metric = match args.metric {
         Metric::Nll => "nll",
         Metric::Ppl => "ppl",

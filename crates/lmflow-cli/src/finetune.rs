@@ -12,7 +12,10 @@ use lmflow_datasets::{
 use lmflow_models::{LoadOptions, Tokenizer, load_pretrained};
 use lmflow_optim::schedule::ScheduleKind;
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
-use lmflow_train::{FullModelWeights, LoraWeights, TrainEvent, Trainer, TrainerConfig, WeightsIo};
+use lmflow_train::{
+    DataFingerprint, FullModelWeights, LoraWeights, RunIdentity, StartMode, TrainEvent, Trainer,
+    TrainerConfig, WeightsIo, plan_run_folder,
+};
 
 use crate::device::{DeviceKind, resolve};
 
@@ -116,9 +119,14 @@ pub struct Args {
     /// Write a checkpoint every this many steps.
     #[arg(long)]
     save_steps: Option<usize>,
-    /// Start afresh even when the output folder holds checkpoints.
+    /// Start afresh instead of resuming: refused when the output folder holds an earlier
+    /// run's checkpoints or `final/` (pass --overwrite-output to delete them).
     #[arg(long)]
     no_resume: bool,
+    /// Delete the earlier run in the output folder (its checkpoints, final/, metrics.jsonl,
+    /// loss.png, run.json; nothing else) and start afresh.
+    #[arg(long)]
+    overwrite_output: bool,
     /// After training, answer this many evaluation (else training) conversations greedily and
     /// show the answers (0: none).
     #[arg(long, default_value_t = 3)]
@@ -199,10 +207,98 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     if let Some(v) = args.save_steps {
         cfg.save_steps = v;
     }
-    if args.no_resume {
+    if args.no_resume || args.overwrite_output {
         cfg.resume = false;
     }
     Ok(cfg)
+}
+
+/// Checks the numeric flags that would make the run meaningless, crash or abort, before any
+/// work starts. (Trainer settings are checked by `TrainerConfig::validate`, adapter settings
+/// by `LoraConfig::validate` and the layers' sizes.)
+fn validate_args(args: &Args) -> anyhow::Result<()> {
+    if let Some(b) = args.block_size
+        && b < 2
+    {
+        bail!(
+            "--block-size {b}: must be at least 2 (each trained token is predicted from the ones before it)"
+        );
+    }
+    if !args.full {
+        if args.lora_r == 0 {
+            bail!("--lora-r must be at least 1");
+        }
+        if !args.lora_alpha.is_finite() || args.lora_alpha <= 0.0 {
+            bail!(
+                "--lora-alpha {}: must be a finite, positive number",
+                args.lora_alpha
+            );
+        }
+        if !(0.0..1.0).contains(&args.lora_dropout) {
+            bail!("--lora-dropout {}: must lie in [0, 1)", args.lora_dropout);
+        }
+    }
+    if args.lisa_layers == Some(0) {
+        bail!("--lisa-layers must be at least 1");
+    }
+    if args.lisa_layers.is_some() && args.lisa_interval == 0 {
+        bail!("--lisa-interval must be at least 1");
+    }
+    if args.max_steps == Some(0) {
+        bail!("--max-steps must be at least 1");
+    }
+    if let Some(e) = args.epochs
+        && !(e.is_finite() && e > 0.0)
+    {
+        bail!("--epochs {e}: must be a finite, positive number");
+    }
+    for (flag, value) in [
+        ("--learning-rate", args.learning_rate),
+        ("--warmup-ratio", args.warmup_ratio),
+        ("--lora-plus-ratio", args.lora_plus_ratio),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && v >= 0.0)
+        {
+            bail!("{flag} {v}: must be a finite, non-negative number");
+        }
+    }
+    Ok(())
+}
+
+/// The run's identity for `run.json` (see `lmflow_train::run_folder`).
+fn run_identity(args: &Args, cfg: &TrainerConfig) -> anyhow::Result<RunIdentity> {
+    let method = if args.lisa_layers.is_some() {
+        "lisa"
+    } else if args.full {
+        "full"
+    } else if args.qlora {
+        "qlora"
+    } else if args.use_dora {
+        "dora"
+    } else {
+        "lora"
+    };
+    let adapter = !args.full;
+    let model = std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone());
+    Ok(RunIdentity {
+        method: method.into(),
+        rank: adapter.then_some(args.lora_r),
+        alpha: adapter.then_some(args.lora_alpha),
+        target_modules: adapter.then(|| args.target_modules.clone()),
+        use_rslora: adapter && args.use_rslora,
+        lisa_layers: args.lisa_layers,
+        model: model.display().to_string(),
+        optimizer: cfg
+            .optimizer
+            .as_ref()
+            .map_or("adamw", |o| o.name())
+            .to_string(),
+        dataset: Some(
+            DataFingerprint::of_path(&args.dataset)
+                .with_context(|| format!("cannot read {}", args.dataset.display()))?,
+        ),
+    })
 }
 
 /// Tokenizes a dataset read from `path`, reporting truncation.
@@ -255,8 +351,23 @@ pub fn tokenize_dataset(
 
 /// Runs `lmflow finetune`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = resolve(args.device)?.autodiff();
+    validate_args(&args)?;
     let mut cfg = trainer_config(&args)?;
+    cfg.validate()?;
+    // Decide what this run may do with the output folder before any work starts.
+    let mode = if args.overwrite_output {
+        StartMode::Overwrite
+    } else if args.no_resume {
+        StartMode::Fresh
+    } else {
+        StartMode::Resume
+    };
+    let folder = plan_run_folder(&args.output, &run_identity(&args, &cfg)?, mode)?;
+    for w in folder.warnings() {
+        eprintln!("warning: {w}");
+    }
+    cfg.resume = folder.resume();
+    let device = resolve(args.device)?.autodiff();
     // Every random draw of the run (adapter initialisation, dropout) comes from the backend's
     // generator: seed it so that the same `--seed` gives the same run.
     device.seed(cfg.seed);
@@ -344,6 +455,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let trainer = Trainer::new(cfg, device.clone(), pad_id)?;
+    // Everything is loaded and checked: clear an overwritten run and record this one.
+    folder.apply()?;
     let eval_before = match &eval {
         Some(e) => Some(trainer.evaluate(&model, e)?),
         None => None,

@@ -149,6 +149,30 @@ impl Loaded {
         on_text: &mut dyn FnMut(usize, &str),
     ) -> anyhow::Result<Vec<GenerationOutput>> {
         let tokenizer = self.tokenizer()?;
+        let mut context = self.target.model.max_position_embeddings();
+        if let Some(draft) = &self.draft {
+            // Speculative rounds run up to gamma + 1 positions ahead of the accepted text.
+            context = context
+                .min(draft.model.max_position_embeddings())
+                .saturating_sub(gamma + 1);
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new_tokens = fit_to_context(config.max_new_tokens, longest, context)?;
+        let clamped;
+        let config = if max_new_tokens < config.max_new_tokens {
+            eprintln!(
+                "warning: --max-new-tokens {} clamped to {max_new_tokens}: the longest prompt has \
+                 {longest} tokens and the model's context is {context} positions",
+                config.max_new_tokens
+            );
+            clamped = GenerationConfig {
+                max_new_tokens,
+                ..config.clone()
+            };
+            &clamped
+        } else {
+            config
+        };
         match &self.draft {
             Some(draft) => {
                 let spec = SpeculativeGenerator::new(
@@ -171,6 +195,26 @@ impl Loaded {
                 .generate_streaming(prompts, config, on_text)?),
         }
     }
+}
+
+/// The most new tokens that fit after a prompt of `prompt_len` tokens in a context of
+/// `context` positions: `max_new_tokens` clamped (as `transformers` stops at `max_length`), so
+/// that no position beyond the model's context is ever computed or cached.
+///
+/// # Errors
+/// When the prompt alone fills the context.
+pub fn fit_to_context(
+    max_new_tokens: usize,
+    prompt_len: usize,
+    context: usize,
+) -> anyhow::Result<usize> {
+    if prompt_len >= context {
+        bail!(
+            "the prompt has {prompt_len} tokens but the model's context is {context} positions \
+             (max_position_embeddings): no room to generate"
+        );
+    }
+    Ok(max_new_tokens.min(context - prompt_len))
 }
 
 /// Loads the models named by `args`.

@@ -1,9 +1,9 @@
 //! `lmflow merge`: fold a LoRA / DoRA adapter (PEFT format) into its base model and write a
 //! full Hub-layout model folder (PEFT's `merge_and_unload` + `save_pretrained`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use lmflow_models::{LoadOptions, load_pretrained};
 
 use crate::device::{DeviceKind, resolve};
@@ -39,6 +39,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .context("the adapter config has no base_model_name_or_path; pass --model")?
         }
     };
+    check_output_folder(
+        &args.out,
+        &[("--model", &model_dir), ("--adapter", &args.adapter)],
+    )?;
     let mut pretrained = load_pretrained(&model_dir, &device, &LoadOptions::default())
         .with_context(|| format!("loading base model {}", model_dir.display()))?;
     let name = "default";
@@ -55,4 +59,79 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Refuses an output folder that exists and is not empty, or that is, contains or lies inside
+/// one of the `inputs` (compared as canonical paths, so links and `..` do not hide it): a merge
+/// never writes over a model folder or into its own inputs.
+pub fn check_output_folder(out: &Path, inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    let out_abs = canonical_lenient(out);
+    for (flag, input) in inputs {
+        let input_abs = canonical_lenient(input);
+        if out_abs == input_abs {
+            bail!(
+                "--out {} is the {flag} folder: writing there would overwrite the input; choose a new folder",
+                out.display()
+            );
+        }
+        if out_abs.starts_with(&input_abs) {
+            bail!(
+                "--out {} lies inside the {flag} folder {}; choose a folder outside it",
+                out.display(),
+                input.display()
+            );
+        }
+        if input_abs.starts_with(&out_abs) {
+            bail!(
+                "--out {} contains the {flag} folder {}; choose a new folder",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    if out.exists() {
+        let mut entries = std::fs::read_dir(out).with_context(|| {
+            format!(
+                "--out {} exists and is not a readable folder",
+                out.display()
+            )
+        })?;
+        if entries.next().is_some() {
+            bail!(
+                "--out {} exists and is not empty; refusing to write a model over it (delete it or choose a new folder)",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The canonical form of `path`; for a path that does not exist yet, its nearest existing
+/// ancestor canonicalised with the remaining components appended.
+fn canonical_lenient(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut rest = Vec::new();
+    let mut cur = absolute.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
