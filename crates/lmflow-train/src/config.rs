@@ -71,6 +71,11 @@ pub struct TrainerConfig {
     pub packing: bool,
     /// Row length of packed training batches (default 1024).
     pub block_size: usize,
+    /// Chunked cross-entropy: at most this many token positions are projected to the vocabulary
+    /// at a time, so the `[tokens, vocab]` logits of a whole batch are never alive at once
+    /// (default 512; 0 computes the loss of the whole micro-batch at once). Results are equal
+    /// either way (see [`chunked_lm_loss_backward`](crate::loss::chunked_lm_loss_backward)).
+    pub loss_chunk_tokens: usize,
     /// Seed of data shuffling (default 42).
     pub seed: u64,
     /// Resume from the newest checkpoint in `output_dir` when there is one (default true).
@@ -105,6 +110,7 @@ impl Default for TrainerConfig {
             save_total_limit: 2,
             packing: false,
             block_size: 1024,
+            loss_chunk_tokens: 512,
             seed: 42,
             resume: true,
         }

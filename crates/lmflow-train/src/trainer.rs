@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError, io_err};
-use crate::loss::causal_lm_loss;
+use crate::loss::{causal_lm_loss, chunked_lm_loss_backward};
 use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 use crate::stable_ids::assign_stable_param_ids;
 use lmflow_datasets::TokenizedSample;
@@ -266,12 +266,26 @@ impl Trainer {
                 if let Some(segments) = batch.segment_ids {
                     input = input.with_segment_ids(segments);
                 }
-                let out = model.forward(input, None)?;
-                let loss = causal_lm_loss(out.logits, batch.labels);
                 // Token-weighted: the step's loss is the sum over its micro-batches / its tokens.
-                let scaled = loss.sum.div_scalar(step_tokens.max(1) as f64);
-                step_sum += loss_value(&scaled) * step_tokens.max(1) as f64;
-                let grads = GradientsParams::from_grads(scaled.backward(), &model);
+                let scale = 1.0 / step_tokens.max(1) as f64;
+                let grads = if cfg.loss_chunk_tokens > 0 {
+                    let hidden = model.forward_hidden(&input, None)?;
+                    let (loss, grads) = chunked_lm_loss_backward(
+                        &model,
+                        hidden,
+                        batch.labels,
+                        cfg.loss_chunk_tokens,
+                        scale,
+                    );
+                    step_sum += loss_value(&loss.sum);
+                    grads
+                } else {
+                    let out = model.forward(input, None)?;
+                    let loss = causal_lm_loss(out.logits, batch.labels);
+                    let scaled = loss.sum.mul_scalar(scale);
+                    step_sum += loss_value(&scaled) * step_tokens.max(1) as f64;
+                    GradientsParams::from_grads(scaled.backward(), &model)
+                };
                 accumulator.accumulate(&model, grads);
             }
             let mut grads = accumulator.grads();
