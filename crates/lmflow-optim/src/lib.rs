@@ -12,7 +12,6 @@
 //!   (LoRA+).
 //! - [`schedule`]: the schedules of `transformers.get_scheduler`.
 //! - [`clip`]: clipping by the global norm over all tensors (`clip_grad_norm_`).
-//! - [`accumulate`]: gradient accumulation weighted by micro-batch token counts.
 //!
 //! ```
 //! use burn::module::{Module, Param};
@@ -60,7 +59,6 @@
 //!
 //! See `docs/optimizers.md` for the table of optimizers, defaults, memory and references.
 
-pub mod accumulate;
 pub mod clip;
 pub mod error;
 pub mod groups;

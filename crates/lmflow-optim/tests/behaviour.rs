@@ -7,7 +7,6 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use lmflow_optim::Error;
-use lmflow_optim::accumulate::TokenWeightedAccumulator;
 use lmflow_optim::clip::{NormType, clip_grad_norm, grad_norm};
 use lmflow_optim::groups::ParamGroupsConfig;
 use lmflow_optim::registry::{OPTIMIZER_NAMES, OptimizerConfig};
@@ -157,50 +156,6 @@ fn clipping_under_autodiff_returns_the_pre_clip_norm() {
     let after = grad_norm(&model, &grads, NormType::P(2.0));
     assert!((after - 1.0).abs() < 1e-4, "clipped norm {after}");
     assert!(clip_grad_norm(&model, &mut grads, 1.0, NormType::P(0.0)).is_err());
-}
-
-#[test]
-fn token_weighted_accumulation_equals_the_full_batch_mean() {
-    let device = Device::flex().autodiff();
-    let w = Param::from_data(TensorData::new(vec![0.5f32, -1.0], [2]), &device);
-    let model = Norm { gamma: w };
-    // Per-token loss: (gamma . x_t)^2; micro-batches of 1 and 3 tokens.
-    let tokens = [
-        vec![[1.0f32, 2.0]],
-        vec![[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]],
-    ];
-    let mean_loss = |m: &Norm, xs: &[[f32; 2]]| {
-        let flat: Vec<f32> = xs.iter().flatten().copied().collect();
-        let x = Tensor::<2>::from_data(TensorData::new(flat, [xs.len(), 2]), &device);
-        (x.matmul(m.gamma.val().unsqueeze_dim::<2>(1)))
-            .square()
-            .mean()
-    };
-    let mut acc = TokenWeightedAccumulator::new();
-    for xs in &tokens {
-        let g = GradientsParams::from_grads(mean_loss(&model, xs).backward(), &model);
-        acc.add(&model, g, xs.len() as u64);
-    }
-    assert_eq!(acc.tokens(), 4);
-    let accumulated = acc.finish(&model).expect("tokens");
-    let all: Vec<[f32; 2]> = tokens.iter().flatten().copied().collect();
-    let full = GradientsParams::from_grads(mean_loss(&model, &all).backward(), &model);
-    let a = accumulated
-        .get::<1>(model.gamma.id)
-        .expect("grad")
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32");
-    let f = full
-        .get::<1>(model.gamma.id)
-        .expect("grad")
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32");
-    for (x, y) in a.iter().zip(&f) {
-        assert!((x - y).abs() < 1e-5, "{a:?} vs {f:?}");
-    }
-    assert!(acc.finish(&model).is_err());
 }
 
 #[test]

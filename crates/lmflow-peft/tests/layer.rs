@@ -669,3 +669,32 @@ fn lisa_trains_only_sampled_layers_and_frees_their_state() {
         lisa.history()
     );
 }
+
+#[test]
+fn disable_adapters_gives_the_base_model_and_freeze_all_leaves_nothing_trainable() {
+    let device = Device::flex().autodiff();
+    let mut cfg = LoraConfig::new(4, 8.0, names(&["up_proj", "down_proj"]));
+    cfg.init_lora_weights = lmflow_peft::InitLoraWeights::Bool(false);
+    let base = Toy::new(8, 16, 2, 11, &device);
+    let x = randn([3, 8], &device);
+    let base_out = vec_of(base.forward(x.clone()));
+    let (mut toy, _) = lmflow_peft::get_peft_model(base, &cfg, "default").unwrap();
+    // Random B: the adapted model differs from the base...
+    let adapted = vec_of(toy.forward(x.clone()));
+    assert!(
+        adapted
+            .iter()
+            .zip(&base_out)
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+    );
+    // ...until the adapters are disabled, and again after re-activation.
+    lmflow_peft::inject::disable_adapters(&mut toy);
+    assert_eq!(vec_of(toy.forward(x.clone())), base_out);
+    lmflow_peft::set_active_adapter(&mut toy, "default").unwrap();
+    assert_eq!(vec_of(toy.forward(x)), adapted);
+
+    let (trainable, total) = count_params(&toy);
+    assert!(trainable > 0 && trainable < total);
+    let frozen = lmflow_peft::inject::freeze_all(toy);
+    assert_eq!(count_params(&frozen), (0, total));
+}
