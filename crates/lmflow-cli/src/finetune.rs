@@ -294,6 +294,7 @@ fn run_identity(args: &Args, cfg: &TrainerConfig) -> anyhow::Result<RunIdentity>
             .as_ref()
             .map_or("adamw", |o| o.name())
             .to_string(),
+        seed: Some(cfg.seed),
         dataset: Some(
             DataFingerprint::of_path(&args.dataset)
                 .with_context(|| format!("cannot read {}", args.dataset.display()))?,

@@ -68,6 +68,11 @@ fn lora_finetune_with_the_same_seed_is_bit_identical() {
     finetune(dirs[1].path(), "3", extra);
     finetune(dirs[2].path(), "4", extra);
     let weights = "adapter_model.safetensors";
+    // The seed is recorded with the run.
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dirs[0].path().join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["seed"], 3);
     assert_eq!(file(dirs[0].path(), weights), file(dirs[1].path(), weights));
     assert_eq!(losses(dirs[0].path()), losses(dirs[1].path()));
     assert_ne!(file(dirs[0].path(), weights), file(dirs[2].path(), weights));

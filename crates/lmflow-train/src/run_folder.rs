@@ -110,6 +110,9 @@ pub struct RunIdentity {
     pub optimizer: String,
     /// Fingerprint of the training data.
     pub dataset: Option<DataFingerprint>,
+    /// The run's `--seed` (every random draw derives from it; a resume with another seed is
+    /// reported, not refused).
+    pub seed: Option<u64>,
 }
 
 impl Default for RunIdentity {
@@ -124,6 +127,7 @@ impl Default for RunIdentity {
             model: String::new(),
             optimizer: "adamw".into(),
             dataset: None,
+            seed: None,
         }
     }
 }
