@@ -698,3 +698,49 @@ fn disable_adapters_gives_the_base_model_and_freeze_all_leaves_nothing_trainable
     let frozen = lmflow_peft::inject::freeze_all(toy);
     assert_eq!(count_params(&frozen), (0, total));
 }
+
+/// A model with one linear layer at Hub path `layer`.
+struct OneLayer {
+    layer: Linear,
+}
+
+impl LinearVisitor for OneLayer {
+    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+        f("layer", &self.layer);
+    }
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+        f("layer", &mut self.layer);
+    }
+}
+
+#[test]
+fn load_bnb_linears_quantises_every_stored_layer_of_a_model() {
+    let device = Device::flex();
+    let path = fixtures().join("nf4/bnb_linear.safetensors");
+    let r = read_fixture(&path);
+    let mut model = OneLayer {
+        layer: LinearConfig::new(64, 32).init(&device),
+    };
+    assert_eq!(
+        nf4::load_bnb_linears(&mut model, &path, &device).unwrap(),
+        1
+    );
+    assert!(model.layer.quant.is_some());
+    let x = Tensor::<2>::from_data(
+        TensorData::new(f32s(&r["reference.input"].1), [3, 64]),
+        &device,
+    );
+    let want = Tensor::<2>::from_data(
+        TensorData::new(f32s(&r["reference.output"].1), [3, 32]),
+        &device,
+    );
+    // Weight and bias both come from the checkpoint: the output is bitsandbytes'.
+    assert!(max_diff(model.layer.forward(x), want) < 1e-5);
+
+    // A layer of the wrong shape is refused, naming it.
+    let mut wrong = OneLayer {
+        layer: LinearConfig::new(64, 16).init(&device),
+    };
+    let err = nf4::load_bnb_linears(&mut wrong, &path, &device).unwrap_err();
+    assert!(err.to_string().contains("layer"), "{err}");
+}
