@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::{Device, Distribution, Tensor};
@@ -35,6 +36,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Tests run on parallel threads of one process and share the counter: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// Largest single allocation made while `f` runs.
 fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     LARGEST.store(0, Ordering::SeqCst);
@@ -46,12 +50,16 @@ const D_IN: usize = 512;
 const D_OUT: usize = 8192;
 const WEIGHT_BYTES: usize = D_IN * D_OUT * 4;
 
+/// A layer whose weight is materialised (parameters may be initialised lazily, on first use).
 fn layer(device: &Device) -> Linear {
-    LinearConfig::new(D_IN, D_OUT).with_bias(false).init(device)
+    let lin = LinearConfig::new(D_IN, D_OUT).with_bias(false).init(device);
+    let _ = lin.weight.val();
+    lin
 }
 
 #[test]
 fn linear_forward_makes_no_weight_sized_copy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
     let lin = layer(&device);
     for shape in [[1, 1, D_IN], [4, 16, D_IN]] {
@@ -67,6 +75,7 @@ fn linear_forward_makes_no_weight_sized_copy() {
 
 #[test]
 fn lora_forward_and_backward_never_form_the_weight_sized_delta() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     let mut lin = layer(&device);
     lin.set_base_trainable(false);
