@@ -216,13 +216,20 @@ fn device_name(device: DeviceKind) -> &'static str {
     }
 }
 
-/// The model to benchmark and its shape label.
-fn build_model(common: &Common, device: &Device) -> anyhow::Result<(CausalLm, String)> {
+/// The model to benchmark, its configuration and its label.
+fn build_model(
+    common: &Common,
+    device: &Device,
+) -> anyhow::Result<(CausalLm, ModelConfig, String)> {
     device.seed(common.seed);
     match &common.model {
         Some(dir) => {
             let pretrained = load_pretrained(dir, device, &LoadOptions::default())?;
-            Ok((pretrained.model, dir.display().to_string()))
+            Ok((
+                pretrained.model,
+                pretrained.config,
+                dir.display().to_string(),
+            ))
         }
         None => {
             let config = ModelConfig::from_json(
@@ -230,7 +237,7 @@ fn build_model(common: &Common, device: &Device) -> anyhow::Result<(CausalLm, St
                 std::path::Path::new("<bench shape>"),
             )?;
             let model = CausalLm::from_config(&config, device)?;
-            Ok((model, common.shape.name().to_string()))
+            Ok((model, config, common.shape.name().to_string()))
         }
     }
 }
@@ -254,7 +261,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         bail!("--steps must be at least 1");
     }
     let device = resolve(common.device)?.autodiff();
-    let (model, shape) = build_model(common, &device)?;
+    let (model, config, shape) = build_model(common, &device)?;
     let (def_batch, def_seq) = common.shape.train_default();
     let (batch, seq) = (args.batch.unwrap_or(def_batch), args.seq.unwrap_or(def_seq));
     if batch == 0 || seq < 2 {
@@ -289,16 +296,10 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         ..TrainerConfig::default()
     };
     let (model, weights): (CausalLm, Box<dyn WeightsIo>) = match args.method {
-        Method::Full => {
-            let config = ModelConfig::from_json(
-                common.shape.config(),
-                std::path::Path::new("<bench shape>"),
-            )?;
-            (
-                model,
-                Box::new(FullModelWeights::new(config, device.clone())),
-            )
-        }
+        Method::Full => (
+            model,
+            Box::new(FullModelWeights::new(config, device.clone())),
+        ),
         Method::Lora | Method::Qlora => {
             let mut base = model;
             if args.method == Method::Qlora {
@@ -359,7 +360,7 @@ fn decode(args: DecodeArgs) -> anyhow::Result<String> {
         bail!("--batch, --prompt and --repeats must be at least 1, --new-tokens at least 2");
     }
     let device = resolve(common.device)?;
-    let (model, shape) = build_model(common, &device)?;
+    let (model, _, shape) = build_model(common, &device)?;
     let prompts = random_rows(args.batch, args.prompt, model.vocab_size(), common.seed);
     let generator = Generator::new(&model, &device);
     let time = |n: usize| -> anyhow::Result<f64> {
