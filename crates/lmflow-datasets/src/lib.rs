@@ -52,4 +52,6 @@ pub use format::{Conversation, DatasetType, Instance, Message, Role};
 pub use inspect::{DatasetStats, InspectOptions, InspectedSample, inspect, stats};
 pub use reader::{Dataset, JsonlStream, ReadOptions, read_dataset};
 pub use template::{ChatTemplate, Segment, TemplateTokens};
-pub use tokenize::{IGNORE_INDEX, SampleEncoder, TokenizeConfig, TokenizedPair, TokenizedSample};
+pub use tokenize::{
+    IGNORE_INDEX, SampleEncoder, TokenizeConfig, TokenizedPair, TokenizedSample, split_into_blocks,
+};

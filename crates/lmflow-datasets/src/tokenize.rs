@@ -15,7 +15,8 @@
 //!
 //! Truncation keeps the first `block_size` tokens; samples cut that way are flagged, and a
 //! sample whose trained tokens were all cut is flagged `target_lost` (never silently kept as
-//! an all-masked sample).
+//! an all-masked sample). [`SampleEncoder::encode_text_blocks`] splits long `text_only`
+//! texts into consecutive blocks instead ([`split_into_blocks`], like `group_texts`).
 
 use lmflow_models::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,7 @@ pub struct TokenizedSample {
     pub input_ids: Vec<u32>,
     /// Unshifted labels: the id when trained, [`IGNORE_INDEX`] otherwise.
     pub labels: Vec<i64>,
-    /// Length before truncation.
+    /// Length before truncation (for a block of [`split_into_blocks`], of the whole text).
     pub original_len: usize,
     /// Whether tokens were cut to fit `block_size`.
     pub truncated: bool,
@@ -97,6 +98,25 @@ impl TokenizedSample {
     pub fn trained_tokens(&self) -> usize {
         self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
+}
+
+/// Splits a fully trained token sequence (`text_only`) into consecutive samples of at most
+/// `block_size` tokens, every token trained; a last piece of one token is dropped (nothing
+/// would be predicted from it). `block_size` 0 gives no samples.
+pub fn split_into_blocks(ids: &[u32], block_size: usize) -> Vec<TokenizedSample> {
+    if block_size == 0 {
+        return Vec::new();
+    }
+    ids.chunks(block_size)
+        .filter(|c| c.len() >= 2 || ids.len() < 2)
+        .map(|c| TokenizedSample {
+            input_ids: c.to_vec(),
+            labels: c.iter().map(|&id| i64::from(id)).collect(),
+            original_len: ids.len(),
+            truncated: false,
+            target_lost: false,
+        })
+        .collect()
 }
 
 /// A tokenized preference pair (from `paired_conversation` or `paired_text_to_text`).
@@ -235,18 +255,44 @@ impl<'a> SampleEncoder<'a> {
         })
     }
 
+    /// Token ids of a `text_only` text (BOS per the tokenizer, EOS when
+    /// [`TokenizeConfig::append_eos`]), not truncated.
+    fn text_only_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text, true)?;
+        if let Some(eos) = self.eos()? {
+            ids.push(eos);
+        }
+        Ok(ids)
+    }
+
+    /// Like [`SampleEncoder::encode_text`], except that a `text_only` text longer than the
+    /// block size is split into consecutive blocks of `block_size` tokens (the last one
+    /// shorter), as Hugging Face's and LMFlow's `group_texts` do, instead of being truncated:
+    /// no token is thrown away. Each block is trained on its own (its first token is
+    /// predicted from nothing, as after `group_texts`). A last block of a single token is
+    /// dropped (it would predict nothing). Other instance types give one sample, truncated
+    /// as by [`SampleEncoder::encode_text`].
+    pub fn encode_text_blocks(&self, instance: &Instance) -> Result<Vec<TokenizedSample>> {
+        match instance {
+            Instance::TextOnly { text } => {
+                let ids = self.text_only_ids(text)?;
+                Ok(split_into_blocks(&ids, self.config.block_size))
+            }
+            other => Ok(vec![self.encode_text(other)?.sample]),
+        }
+    }
+
     /// Renders and tokenizes a single-sequence instance (`text_only`, `text2text`,
     /// `conversation`).
     pub fn encode_text(&self, instance: &Instance) -> Result<EncodedText> {
         match instance {
             Instance::TextOnly { text } => {
-                let mut ids = self.tokenizer.encode(text, true)?;
+                let ids = self.text_only_ids(text)?;
                 let mut shown = text.clone();
-                if let Some(eos) = self.eos()? {
-                    ids.push(eos);
-                    if let Some(e) = &self.tokens.eos_token {
-                        shown.push_str(e);
-                    }
+                if self.config.append_eos
+                    && let Some(e) = &self.tokens.eos_token
+                {
+                    shown.push_str(e);
                 }
                 let labels = ids.iter().map(|&id| i64::from(id)).collect();
                 Ok(EncodedText {
