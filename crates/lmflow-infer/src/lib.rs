@@ -24,6 +24,7 @@
 //! See `docs/inference.md` for the command-line tools and the support matrix.
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -37,6 +38,10 @@ pub mod stopping;
 pub mod tensor_io;
 
 pub use config::GenerationConfig;
+pub use engine::{
+    Engine, Event, EventSink, Request, RequestId, ScheduleError, Scheduler, SchedulerConfig,
+    StepReport,
+};
 pub use error::{InferError, Result};
 pub use generate::{GenerationOutput, Generator, StreamCallback};
 pub use loading::{load_model, parse_rope_scaling};

@@ -147,6 +147,55 @@ impl KvCache {
     pub fn advance(&mut self, seq: usize) {
         self.len = (self.len + seq).min(self.max_len);
     }
+
+    /// Keys and values `[batch, kv_heads, len(), head_dim]` of `layer` (`None` before the
+    /// layer's first update). Views of the cache's buffers, e.g. for regrouping the rows of
+    /// several caches into one batch (continuous batching).
+    pub fn layer(&self, layer: usize) -> Option<(Tensor<4>, Tensor<4>)> {
+        let kv = self.layers.get(layer)?.as_ref()?;
+        Some((
+            kv.keys.clone().slice(s![.., .., 0..self.len, ..]),
+            kv.values.clone().slice(s![.., .., 0..self.len, ..]),
+        ))
+    }
+
+    /// A cache holding `layers` (keys and values `[batch, kv_heads, len, head_dim]` per layer,
+    /// the same `len` for all) with room for `max_len` positions.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when the layers disagree in length or batch, or `len > max_len`.
+    pub fn from_layers(
+        layers: Vec<(Tensor<4>, Tensor<4>)>,
+        max_len: usize,
+    ) -> Result<Self, ModelError> {
+        let Some(first) = layers.first() else {
+            return Err(ModelError::Input("KV cache with no layers".into()));
+        };
+        let [batch, _, len, _] = first.0.dims();
+        if len > max_len {
+            return Err(ModelError::Input(format!(
+                "KV cache of {len} positions exceeds its capacity {max_len}"
+            )));
+        }
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, (keys, values)) in layers.into_iter().enumerate() {
+            let [b, _, l, _] = keys.dims();
+            if [b, l] != [batch, len] || values.dims()[..3] != keys.dims()[..3] {
+                return Err(ModelError::Input(format!(
+                    "KV cache layer {i}: keys {:?} / values {:?}, expected batch {batch} and \
+                     {len} positions",
+                    keys.dims(),
+                    values.dims()
+                )));
+            }
+            out.push(Some(LayerKv { keys, values }));
+        }
+        Ok(Self {
+            layers: out,
+            len,
+            max_len,
+        })
+    }
 }
 
 #[cfg(test)]
