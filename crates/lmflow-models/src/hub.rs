@@ -152,9 +152,18 @@ pub fn visit_optional_linear(
 /// its name is looked up with the prefixes of [`Loader::LEGACY_PREFIXES`] replaced
 /// (`transformer.h.0...` -> `h.0...` for GPT-2, `model.decoder.layers.0...` ->
 /// `decoder.layers.0...` for OPT).
-#[derive(Debug)]
 pub struct Loader<'a> {
     weights: &'a WeightSource,
+    on_linear: Option<&'a mut dyn FnMut(&str, &mut Linear)>,
+}
+
+impl std::fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("weights", &self.weights)
+            .field("on_linear", &self.on_linear.is_some())
+            .finish()
+    }
 }
 
 impl<'a> Loader<'a> {
@@ -164,7 +173,23 @@ impl<'a> Loader<'a> {
 
     /// A loader reading from `weights`.
     pub fn new(weights: &'a WeightSource) -> Self {
-        Self { weights }
+        Self {
+            weights,
+            on_linear: None,
+        }
+    }
+
+    /// A loader that hands every linear layer to `on_linear` (with its Hub path, e.g.
+    /// `model.layers.0.self_attn.q_proj`) as soon as it is read, before the next one is: for
+    /// example to quantise it, so that the whole model never exists in full precision.
+    pub fn with_linear_hook(
+        weights: &'a WeightSource,
+        on_linear: &'a mut dyn FnMut(&str, &mut Linear),
+    ) -> Self {
+        Self {
+            weights,
+            on_linear: Some(on_linear),
+        }
     }
 
     /// The name the checkpoint stores `name` under.
@@ -226,6 +251,9 @@ impl TensorVisitor for Loader<'_> {
             None => None,
         };
         *linear = Linear::from_tensors(weight, bias);
+        if let Some(hook) = self.on_linear.as_mut() {
+            hook(path.as_str(), linear);
+        }
         Ok(())
     }
 }
@@ -328,6 +356,20 @@ pub fn state_dict<M: HubModule + Clone>(module: &M) -> Vec<(String, TensorData)>
 /// Builds a module with `init` and fills it from a checkpoint (see [`Loader`]).
 pub fn load<M: HubModule>(mut module: M, weights: &WeightSource) -> Result<M, ModelError> {
     module.visit_tensors(&HubPath::root(), &mut Loader::new(weights))?;
+    Ok(module)
+}
+
+/// Like [`load`], handing each linear layer to `on_linear` as soon as it is read
+/// ([`Loader::with_linear_hook`]).
+pub fn load_with_linear_hook<M: HubModule>(
+    mut module: M,
+    weights: &WeightSource,
+    on_linear: &mut dyn FnMut(&str, &mut Linear),
+) -> Result<M, ModelError> {
+    module.visit_tensors(
+        &HubPath::root(),
+        &mut Loader::with_linear_hook(weights, on_linear),
+    )?;
     Ok(module)
 }
 

@@ -31,7 +31,7 @@ use crate::hub::{
     visit_optional_linear,
 };
 use crate::input::{check_input, mask_bias, positions_or_default};
-use crate::model::{CausalDecoder, Family, ForwardInput, model_type_row};
+use crate::model::{CausalDecoder, Family, ForwardInput, LayerContext, Layerwise, model_type_row};
 use crate::norm::{RmsNorm, RmsNormConfig};
 use crate::rope::{Rope, RopeConfig, RopeScaling};
 use crate::weights::WeightSource;
@@ -650,6 +650,71 @@ impl LlamaModel {
     }
 }
 
+/// One attention bias per distinct sliding window.
+type WindowBiases = Vec<(Option<usize>, Option<Tensor<4>>)>;
+
+impl LlamaModel {
+    /// Rotary tables and the attention bias of each distinct window (none at all when nothing
+    /// can be masked) for one pass.
+    fn pass_constants(
+        &self,
+        input: &ForwardInput,
+        past: usize,
+    ) -> Result<(Tensor<4>, Tensor<4>, WindowBiases), ModelError> {
+        let device = input.input_ids.device();
+        let positions = positions_or_default(input, past);
+        let (cos, sin) = self.rope.cos_sin(&positions, &device);
+        let mut biases: WindowBiases = Vec::new();
+        for layer in &self.layers {
+            let w = layer.self_attn.sliding_window;
+            if !biases.iter().any(|(bw, _)| *bw == w) {
+                biases.push((w, mask_bias(input, past, w)?));
+            }
+        }
+        Ok((cos, sin, biases))
+    }
+}
+
+impl Layerwise for LlamaModel {
+    fn embed(&self, input: &ForwardInput) -> Result<(Tensor<3>, LayerContext), ModelError> {
+        check_input(input, self.config.vocab_size, 0)?;
+        let (cos, sin, windows) = self.pass_constants(input, 0)?;
+        let biases = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let w = layer.self_attn.sliding_window;
+                windows
+                    .iter()
+                    .find(|(bw, _)| *bw == w)
+                    .and_then(|(_, bias)| bias.clone())
+            })
+            .collect();
+        let x = self.embed_tokens.forward(input.input_ids.clone());
+        Ok((x, LayerContext { cos, sin, biases }))
+    }
+
+    fn layer(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        context: &LayerContext,
+    ) -> Result<Tensor<3>, ModelError> {
+        let layer = self.layers.get(index).ok_or_else(|| {
+            ModelError::Input(format!(
+                "layer {index} does not exist ({} layers)",
+                self.layers.len()
+            ))
+        })?;
+        let bias = context.biases.get(index).and_then(|b| b.as_ref());
+        layer.forward(x, (&context.cos, &context.sin), bias, None)
+    }
+
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.norm.forward(x)
+    }
+}
+
 impl CausalDecoder for LlamaModel {
     fn forward_hidden(
         &self,
@@ -658,17 +723,7 @@ impl CausalDecoder for LlamaModel {
     ) -> Result<Tensor<3>, ModelError> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         check_input(input, self.config.vocab_size, past)?;
-        let device = input.input_ids.device();
-        let positions = positions_or_default(input, past);
-        let (cos, sin) = self.rope.cos_sin(&positions, &device);
-        // One bias per distinct window; none at all when nothing can be masked.
-        let mut biases: Vec<(Option<usize>, Option<Tensor<4>>)> = Vec::new();
-        for layer in &self.layers {
-            let w = layer.self_attn.sliding_window;
-            if !biases.iter().any(|(bw, _)| *bw == w) {
-                biases.push((w, mask_bias(input, past, w)?));
-            }
-        }
+        let (cos, sin, biases) = self.pass_constants(input, past)?;
         let mut x = self.embed_tokens.forward(input.input_ids.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             let w = layer.self_attn.sliding_window;

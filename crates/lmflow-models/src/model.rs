@@ -139,6 +139,55 @@ pub trait CausalDecoder: HubModule {
     }
 }
 
+/// Constants shared by every decoder layer of one forward pass (rotary tables, attention
+/// biases), computed once by [`Layerwise::embed`].
+#[derive(Debug, Clone)]
+pub struct LayerContext {
+    /// Rotary `cos`, `[batch, 1, seq, head_dim]`.
+    pub cos: Tensor<4>,
+    /// Rotary `sin`, `[batch, 1, seq, head_dim]`.
+    pub sin: Tensor<4>,
+    /// Additive attention bias of each layer (`None`: nothing masked).
+    pub biases: Vec<Option<Tensor<4>>>,
+}
+
+impl LayerContext {
+    /// The same constants outside autodiff (no graph reference).
+    pub fn inner(self) -> Self {
+        Self {
+            cos: self.cos.inner(),
+            sin: self.sin.inner(),
+            biases: self
+                .biases
+                .into_iter()
+                .map(|b| b.map(Tensor::inner))
+                .collect(),
+        }
+    }
+}
+
+/// A decoder run one layer at a time (for activation checkpointing): `embed`, then every
+/// `layer` in order, then `final_norm` give [`CausalDecoder::forward_hidden`] (without cache).
+pub trait Layerwise {
+    /// Token embeddings `[batch, seq, hidden]` and the per-pass constants.
+    ///
+    /// # Errors
+    /// As [`CausalDecoder::forward_hidden`].
+    fn embed(&self, input: &ForwardInput) -> Result<(Tensor<3>, LayerContext), ModelError>;
+    /// Decoder layer `index` on its input `[batch, seq, hidden]`.
+    ///
+    /// # Errors
+    /// As [`CausalDecoder::forward_hidden`].
+    fn layer(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        context: &LayerContext,
+    ) -> Result<Tensor<3>, ModelError>;
+    /// The norm after the last layer.
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3>;
+}
+
 /// Files copied from the source folder when a [`Pretrained`] is saved (those present).
 pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
@@ -168,6 +217,16 @@ pub struct ForwardInput {
 }
 
 impl ForwardInput {
+    /// The same input outside autodiff (for a forward pass of a [`Module::valid`] model).
+    pub fn inner(&self) -> Self {
+        Self {
+            input_ids: self.input_ids.clone().inner(),
+            attention_mask: self.attention_mask.clone().map(Tensor::inner),
+            position_ids: self.position_ids.clone().map(Tensor::inner),
+            segment_ids: self.segment_ids.clone().map(Tensor::inner),
+        }
+    }
+
     /// Token ids only.
     pub fn new(input_ids: Tensor<2, Int>) -> Self {
         Self {
@@ -247,11 +306,38 @@ impl CausalLm {
         crate::hub::load(Self::from_config(config, weights.device())?, weights)
     }
 
+    /// Like [`CausalLm::load`], handing every linear layer to `on_linear` (Hub path, layer)
+    /// as soon as it is read: e.g. `|path, l| if path != "lm_head" { l.quantize_nf4(&cfg) }`
+    /// loads straight into NF4, one full-precision layer alive at a time.
+    ///
+    /// # Errors
+    /// As [`CausalLm::load`].
+    pub fn load_with_linear_hook(
+        config: &ModelConfig,
+        weights: &WeightSource,
+        on_linear: &mut dyn FnMut(&str, &mut Linear),
+    ) -> Result<Self, ModelError> {
+        crate::hub::load_with_linear_hook(
+            Self::from_config(config, weights.device())?,
+            weights,
+            on_linear,
+        )
+    }
+
     fn decoder(&self) -> &dyn CausalDecoder {
         match self {
             Self::Llama(m) => m,
             Self::Gpt2(m) => m,
             Self::Opt(m) => m,
+        }
+    }
+
+    /// The decoder one layer at a time, for activation checkpointing (LLaMA family; `None`
+    /// for GPT-2 and OPT).
+    pub fn layerwise(&self) -> Option<&dyn Layerwise> {
+        match self {
+            Self::Llama(m) => Some(m),
+            Self::Gpt2(_) | Self::Opt(_) => None,
         }
     }
 
@@ -480,13 +566,27 @@ pub fn load_pretrained(
     device: &Device,
     opts: &LoadOptions,
 ) -> Result<Pretrained, ModelError> {
+    load_pretrained_with_linear_hook(dir, device, opts, &mut |_, _| {})
+}
+
+/// Like [`load_pretrained`], handing every linear layer to `on_linear` as soon as it is read
+/// (see [`CausalLm::load_with_linear_hook`]; QLoRA loads straight into NF4 this way).
+///
+/// # Errors
+/// As [`load_pretrained`].
+pub fn load_pretrained_with_linear_hook(
+    dir: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+    on_linear: &mut dyn FnMut(&str, &mut Linear),
+) -> Result<Pretrained, ModelError> {
     let config = ModelConfig::from_dir(dir)?;
     if model_type_row(&config.model_type).is_none() {
         return Err(unsupported(&config));
     }
     let dtype = opts.dtype.unwrap_or(FloatDType::F32);
     let weights = WeightSource::open(dir, device, dtype)?;
-    let mut model = CausalLm::load(&config, &weights)?;
+    let mut model = CausalLm::load_with_linear_hook(&config, &weights, on_linear)?;
     if let Some(scaling) = &opts.rope_scaling {
         match &mut model {
             CausalLm::Llama(m) => m.set_rope_scaling(scaling.clone()),
@@ -520,7 +620,23 @@ pub fn load_pretrained(
         );
     }
     let tokenizer = if dir.join("tokenizer.json").is_file() {
-        Some(Tokenizer::from_dir(dir)?)
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        // Every id the tokenizer can produce must have an embedding row (the reverse is
+        // normal: embedding tables are padded beyond the vocabulary).
+        if let Some((id, token)) = tokenizer.max_token_id()
+            && id as usize >= model.vocab_size()
+        {
+            return Err(ModelError::config(
+                dir.join("tokenizer.json"),
+                "vocab",
+                format!(
+                    "token `{token}` has id {id}, but the model's embedding table has {} rows \
+                     (vocab_size): the tokenizer does not belong to this model",
+                    model.vocab_size()
+                ),
+            ));
+        }
+        Some(tokenizer)
     } else {
         None
     };
