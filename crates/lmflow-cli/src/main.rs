@@ -13,6 +13,7 @@ mod eval_accuracy;
 mod finetune;
 mod generate;
 mod merge;
+mod serve;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
 #[derive(Parser, Debug)]
@@ -38,6 +39,8 @@ enum Command {
     Merge(merge::Args),
     /// Benchmark training or decoding throughput (one JSON line; see bench/compare.sh).
     Bench(bench::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, LoRA adapters).
+    Serve(serve::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {
