@@ -47,6 +47,14 @@ pub enum TrainError {
         /// What is wrong and what to do.
         message: String,
     },
+    /// A collective operation of a data-parallel run failed, or the ranks disagree.
+    #[error("data-parallel rank {rank}: {message}")]
+    Distributed {
+        /// The rank that reports it.
+        rank: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// Drawing the loss curve failed.
     #[error("{path}: cannot draw the loss curve: {message}")]
     Plot {

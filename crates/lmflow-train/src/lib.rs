@@ -26,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod lora_weights;
 pub mod loss;
