@@ -221,7 +221,10 @@ fn model_thread(
         let pretrained = load_model(&model_dir, None, &options, &device)
             .with_context(|| format!("loading model {}", model_dir.display()))?;
         let tokenizer = pretrained.tokenizer.clone().with_context(|| {
-            format!("{}: no tokenizer.json in the model folder", model_dir.display())
+            format!(
+                "{}: no tokenizer.json in the model folder",
+                model_dir.display()
+            )
         })?;
         let mut engine = Engine::new(pretrained.model, &device)?;
         for (name, dir) in &adapters {
@@ -480,7 +483,11 @@ fn prepare(
             format!("`{param}` is not supported by this server"),
         ))
     };
-    if params.logprobs.as_ref().is_some_and(|v| !v.is_null() && *v != json!(false)) {
+    if params
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && *v != json!(false))
+    {
         return unsupported("logprobs");
     }
     if params.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
@@ -543,7 +550,10 @@ fn prepare(
     }
     let n = params.n.unwrap_or(1);
     if !(1..=128).contains(&n) {
-        return Err(ApiError::bad("n", format!("n must be in [1, 128], got {n}")));
+        return Err(ApiError::bad(
+            "n",
+            format!("n must be in [1, 128], got {n}"),
+        ));
     }
     let stops = match params.stop {
         None => Vec::new(),
@@ -800,7 +810,11 @@ impl StopFilter {
         let first_stop = self
             .stops
             .iter()
-            .filter_map(|s| self.text[self.sent..].find(s.as_str()).map(|p| p + self.sent))
+            .filter_map(|s| {
+                self.text[self.sent..]
+                    .find(s.as_str())
+                    .map(|p| p + self.sent)
+            })
             .min();
         let end = match first_stop {
             Some(p) => {
@@ -1048,7 +1062,10 @@ fn sse_stream(
     if meta.kind == Kind::Chat {
         // The first chunk of each choice carries the role, as OpenAI's.
         for i in 0..n {
-            queue.push_back(meta.chunk(vec![meta.choice(i, Some(""), true, None)]).to_string());
+            queue.push_back(
+                meta.chunk(vec![meta.choice(i, Some(""), true, None)])
+                    .to_string(),
+            );
         }
     }
     let state = StreamState {
@@ -1100,9 +1117,9 @@ fn sse_stream(
                     }
                     st.completion_tokens += output.new_ids.len();
                     let text = (st.meta.kind == Kind::Completion).then_some("");
-                    let choice = st
-                        .meta
-                        .choice(sequence, text, false, Some(finish_reason(&output)));
+                    let choice =
+                        st.meta
+                            .choice(sequence, text, false, Some(finish_reason(&output)));
                     st.queue.push_back(st.meta.chunk(vec![choice]).to_string());
                     st.remaining -= 1;
                 }
