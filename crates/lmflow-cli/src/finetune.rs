@@ -295,6 +295,7 @@ fn run_identity(args: &Args, cfg: &TrainerConfig) -> anyhow::Result<RunIdentity>
             .map_or("adamw", |o| o.name())
             .to_string(),
         seed: Some(cfg.seed),
+        world_size: 1,
         dataset: Some(
             DataFingerprint::of_path(&args.dataset)
                 .with_context(|| format!("cannot read {}", args.dataset.display()))?,

@@ -113,6 +113,10 @@ pub struct RunIdentity {
     /// The run's `--seed` (every random draw derives from it; a resume with another seed is
     /// reported, not refused).
     pub seed: Option<u64>,
+    /// Data-parallel ranks (1 for one process; a `run.json` without it is a one-process run).
+    /// The data order and the global batch depend on it, so a resume with another world size
+    /// is refused.
+    pub world_size: usize,
 }
 
 impl Default for RunIdentity {
@@ -128,6 +132,7 @@ impl Default for RunIdentity {
             optimizer: "adamw".into(),
             dataset: None,
             seed: None,
+            world_size: 1,
         }
     }
 }
@@ -143,6 +148,7 @@ impl RunIdentity {
         "use_rslora",
         "model",
         "optimizer",
+        "world_size",
     ];
 
     /// Reads `<dir>/run.json`, `None` when the folder has none.
