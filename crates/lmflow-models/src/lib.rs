@@ -45,6 +45,7 @@ pub mod model;
 pub mod norm;
 pub mod opt;
 pub mod rope;
+pub mod sequence_classification;
 pub mod tokenizer;
 pub mod weights;
 
@@ -56,5 +57,9 @@ pub use model::{
     ModelTypeRow, Pretrained, load_pretrained, model_type_row, supported_model_types,
 };
 pub use rope::RopeScaling;
+pub use sequence_classification::{
+    PretrainedClassifier, SequenceClassifier, last_non_pad_positions, load_sequence_classifier,
+    pool_and_score,
+};
 pub use tokenizer::Tokenizer;
 pub use weights::{WeightSource, save_safetensors};
