@@ -1,13 +1,14 @@
-//! `lmflow eval`: negative log-likelihood / perplexity of a model on a `text_only` dataset,
-//! printed as one JSON line.
+//! `lmflow eval`: negative log-likelihood / perplexity of a model (optionally with a PEFT
+//! adapter and a RoPE scaling override) on a `text_only` dataset, printed as one JSON line.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use burn::tensor::FloatDType;
 use lmflow_datasets::{DatasetType, Instance, ReadOptions, read_dataset};
+use lmflow_infer::{load_model, parse_rope_scaling};
+use lmflow_models::LoadOptions;
 use lmflow_models::eval::evaluate_nll;
-use lmflow_models::{LoadOptions, load_pretrained};
 
 use crate::device::{DeviceKind, resolve};
 
@@ -42,6 +43,14 @@ pub struct Args {
     /// Model folder (Hub layout: config.json, safetensors, tokenizer files).
     #[arg(long)]
     model: PathBuf,
+    /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors) applied to the
+    /// model, as `lmflow generate --adapter`: the figures equal those of the merged model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Overrides the model's `rope_scaling`, as JSON (as `lmflow generate --rope-scaling`), e.g.
+    /// '{"rope_type":"linear","factor":2.0}'.
+    #[arg(long)]
+    rope_scaling: Option<String>,
     /// LMFlow `text_only` dataset: a JSON file, a folder of them, or JSON Lines.
     #[arg(long)]
     dataset: PathBuf,
@@ -84,12 +93,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Dtype::Bf16 => FloatDType::BF16,
         Dtype::F16 => FloatDType::F16,
     };
+    let rope_scaling = match &args.rope_scaling {
+        Some(json) => Some(parse_rope_scaling(&args.model, json).context("--rope-scaling")?),
+        None => None,
+    };
     let opts = LoadOptions {
         dtype: Some(dtype),
-        ..Default::default()
+        rope_scaling,
     };
-    let pretrained = load_pretrained(&args.model, &device, &opts)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let pretrained = load_model(&args.model, args.adapter.as_deref(), &opts, &device)
+        .with_context(|| match &args.adapter {
+            Some(a) => format!(
+                "loading model {} with adapter {}",
+                args.model.display(),
+                a.display()
+            ),
+            None => format!("loading model {}", args.model.display()),
+        })?;
     if args.metric == Metric::Accuracy {
         let opts = crate::eval_accuracy::AccuracyOptions {
             answer_type: &args.answer_type,
