@@ -11,16 +11,20 @@
 //!
 //! The trainer calls [`Lisa::on_step_begin`] before the forward pass (it returns the model
 //! with the new trainable set) and [`Lisa::optimizer_step`] instead of the optimizer's `step`.
+//! Checkpoints keep both optimizers' state and the sampler's history
+//! ([`Lisa::save_state`], [`Lisa::load_state`]), so a resumed run continues exactly.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use burn::module::{Module, ParamId};
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Gradients;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 
 use crate::error::PeftError;
 use crate::trainable::{float_params, set_trainable_by_path};
@@ -40,6 +44,19 @@ pub struct LisaConfig {
     /// (matches `layers.3.` of LLaMA/OPT and `blocks.3.` of GPT-2 in `lmflow-models`).
     #[config(default = "r\"(?:^|\\.)(?:layers|h|blocks)\\.(\\d+)(?:\\.|$)\".to_string()")]
     pub layer_pattern: String,
+}
+
+/// File of [`Lisa::save_state`]: the always-trained parameters' optimizer state.
+pub const LISA_FIXED_FILE: &str = "lisa_fixed.bpk";
+/// File of [`Lisa::save_state`]: the active decoder layers' optimizer state.
+pub const LISA_LAYERS_FILE: &str = "lisa_layers.bpk";
+/// File of [`Lisa::save_state`]: step and sampled layer sets.
+pub const LISA_STATE_FILE: &str = "lisa_state.json";
+
+#[derive(Serialize, Deserialize)]
+struct LisaState {
+    step: usize,
+    history: Vec<Vec<usize>>,
 }
 
 /// The LISA component: owns the layer sampling and the two optimizers.
@@ -142,16 +159,7 @@ impl Lisa {
         self.active = picked.into_iter().collect();
         self.history.push(self.active_layers());
         tracing::debug!(step = self.step, layers = ?self.active, "LISA switch");
-        let re = self.re.clone();
-        let active = self.active.clone();
-        let model = set_trainable_by_path(model, |path| {
-            layer_of(&re, path).map(|i| active.contains(&i))
-        });
-        self.layer_ids = float_params(&model)
-            .into_iter()
-            .filter(|(p, ..)| layer_of(&self.re, p).is_some_and(|i| self.active.contains(&i)))
-            .map(|(_, id, ..)| id)
-            .collect();
+        let model = self.apply_active(model);
         // Free the state of the layers switched off.
         self.layer_optim = (self.make_optimizer)();
         model
@@ -195,6 +203,121 @@ impl Lisa {
     /// `interval_steps` counted from the start of the run.
     pub fn resume_at(&mut self, step: usize) {
         self.step = step;
+    }
+
+    /// Writes everything a resumed run needs into folder `dir` (which exists): both
+    /// optimizers' state (`lisa_fixed.bpk`: embeddings, head and other always-trained
+    /// parameters; `lisa_layers.bpk`: the active decoder layers) and `lisa_state.json` (the
+    /// step and every sampled layer set, from which the sampler's state is replayed).
+    ///
+    /// Optimizer state is keyed by parameter id: give the model stable ids (as
+    /// `lmflow-train` does) so that a new process finds it again.
+    pub fn save_state(&self, dir: &Path) -> Result<(), PeftError> {
+        for (name, optim) in [
+            (LISA_FIXED_FILE, &self.fixed_optim),
+            (LISA_LAYERS_FILE, &self.layer_optim),
+        ] {
+            let path = dir.join(name);
+            optim.save(&path).map_err(|e| PeftError::Io {
+                source: std::io::Error::other(e.to_string()),
+                path,
+            })?;
+        }
+        let path = dir.join(LISA_STATE_FILE);
+        let state = LisaState {
+            step: self.step,
+            history: self.history.clone(),
+        };
+        let text = serde_json::to_string_pretty(&state).map_err(|e| PeftError::ConfigJson {
+            path: path.clone(),
+            source: e,
+        })?;
+        std::fs::write(&path, text).map_err(|source| PeftError::Io { path, source })
+    }
+
+    /// Whether `dir` holds a state written by [`Lisa::save_state`].
+    pub fn has_state(dir: &Path) -> bool {
+        dir.join(LISA_STATE_FILE).is_file()
+    }
+
+    /// Restores a state written by [`Lisa::save_state`] in `dir`: the step, the sampled layer
+    /// sets (the sampler continues as the interrupted run would have), the active layers
+    /// (`model`'s trainable set is made to match) and both optimizers' state. The run then
+    /// continues exactly as if it had not stopped.
+    ///
+    /// # Errors
+    /// [`PeftError::Io`] for unreadable files, [`PeftError::InvalidConfig`] when the saved
+    /// layer sets do not come from this configuration's seed and layer count.
+    pub fn load_state<M: Module>(&mut self, model: M, dir: &Path) -> Result<M, PeftError> {
+        let path = dir.join(LISA_STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| PeftError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let state: LisaState = serde_json::from_str(&text).map_err(|e| PeftError::ConfigJson {
+            path: path.clone(),
+            source: e,
+        })?;
+        // Replay the sampler: same seed, same draws.
+        let mut rng = StdRng::seed_from_u64(self.config.seed);
+        for (i, saved) in state.history.iter().enumerate() {
+            let mut drawn: Vec<usize> =
+                sample(&mut rng, self.num_layers, self.config.n_layers).into_vec();
+            drawn.sort_unstable();
+            if &drawn != saved {
+                return Err(PeftError::InvalidConfig {
+                    field: "lisa".into(),
+                    reason: format!(
+                        "{}: layer set {i} {saved:?} was not drawn by seed {} over {} layers                          ({} at a time); the run's LISA settings changed",
+                        path.display(),
+                        self.config.seed,
+                        self.num_layers,
+                        self.config.n_layers
+                    ),
+                });
+            }
+        }
+        self.rng = rng;
+        self.step = state.step;
+        self.history = state.history;
+        self.active = self
+            .history
+            .last()
+            .map(|l| l.iter().copied().collect())
+            .unwrap_or_default();
+        let model = if self.active.is_empty() {
+            model
+        } else {
+            self.apply_active(model)
+        };
+        let load = |name: &str| -> Result<ModuleOptimizer, PeftError> {
+            let path = dir.join(name);
+            let record = OptimizerRecord::load(&path).map_err(|e| PeftError::Io {
+                source: std::io::Error::other(e.to_string()),
+                path: path.clone(),
+            })?;
+            Ok((self.make_optimizer)().load_record(record))
+        };
+        let (fixed, layers) = (load(LISA_FIXED_FILE)?, load(LISA_LAYERS_FILE)?);
+        self.fixed_optim = fixed;
+        self.layer_optim = layers;
+        Ok(model)
+    }
+
+    /// Makes exactly the active decoder layers trainable (other parameters untouched) and
+    /// records their parameter ids.
+    fn apply_active<M: Module>(&mut self, model: M) -> M {
+        let re = self.re.clone();
+        let active = self.active.clone();
+        let model = set_trainable_by_path(model, |path| {
+            layer_of(&re, path).map(|i| active.contains(&i))
+        });
+        self.layer_ids = float_params(&model)
+            .into_iter()
+            .filter(|(p, ..)| layer_of(&self.re, p).is_some_and(|i| self.active.contains(&i)))
+            .map(|(_, id, ..)| id)
+            .collect();
+        model
     }
 
     /// Tensors held by the optimizers: `(persistent part, decoder-layer part)`.

@@ -76,6 +76,11 @@ pub struct TrainerConfig {
     /// (default 512; 0 computes the loss of the whole micro-batch at once). Results are equal
     /// either way (see [`chunked_lm_loss_backward`](crate::loss::chunked_lm_loss_backward)).
     pub loss_chunk_tokens: usize,
+    /// Activation checkpointing per decoder layer (default false): the forward pass keeps
+    /// only each layer's input and every layer runs again during the backward pass (about a
+    /// third more compute, far less activation memory; results equal). LLaMA family only; see
+    /// [`checkpointed_lm_loss_backward`](crate::loss::checkpointed_lm_loss_backward).
+    pub gradient_checkpointing: bool,
     /// Seed of data shuffling (default 42).
     pub seed: u64,
     /// Resume from the newest checkpoint in `output_dir` when there is one (default true).
@@ -111,6 +116,7 @@ impl Default for TrainerConfig {
             packing: false,
             block_size: 1024,
             loss_chunk_tokens: 512,
+            gradient_checkpointing: false,
             seed: 42,
             resume: true,
         }

@@ -177,6 +177,121 @@ pub fn chunked_lm_loss_backward(
     )
 }
 
+/// The next-token loss of a batch and the gradients of every parameter of `model`, with
+/// activation checkpointing per decoder layer: only the input of each layer is kept from the
+/// forward pass (which runs outside autodiff), and each layer is run again, tracked, when the
+/// backward pass reaches it. The head and loss are chunked as in [`chunked_lm_loss_backward`]
+/// (`chunk_rows` rows of logits at a time; 0: all rows at once). Loss and gradients equal
+/// those of the model run without checkpointing; the forward pass costs twice as much.
+///
+/// Peak activation memory becomes one `[batch, seq, hidden]` tensor per layer plus one
+/// layer's intermediate activations, instead of every layer's.
+///
+/// # Errors
+/// [`crate::TrainError::Config`] for architectures without a [`lmflow_models::model::Layerwise`] view
+/// (GPT-2, OPT); input errors of the model.
+///
+/// # Shapes
+/// - labels: `[batch, seq]` (unshifted, as for [`causal_lm_loss`])
+pub fn checkpointed_lm_loss_backward(
+    model: &CausalLm,
+    input: &lmflow_models::ForwardInput,
+    labels: Tensor<2, Int>,
+    chunk_rows: usize,
+    scale: f64,
+) -> crate::error::Result<(LossOutput, GradientsParams)> {
+    use burn::module::Module;
+    let unsupported = || {
+        crate::error::TrainError::Config(format!(
+            "gradient checkpointing is implemented for the LLaMA family, not `{}`",
+            model.model_type()
+        ))
+    };
+    let tracked = model.layerwise().ok_or_else(unsupported)?;
+    let num_layers = model.num_layers();
+    let device = input.input_ids.device();
+    // Forward outside autodiff, keeping each layer's input.
+    let (mut inputs, context) = {
+        let plain = model.valid();
+        let layers = plain.layerwise().ok_or_else(unsupported)?;
+        let (mut x, context) = layers.embed(&input.inner())?;
+        let mut inputs = Vec::with_capacity(num_layers);
+        for i in 0..num_layers {
+            inputs.push(x.clone());
+            x = layers.layer(i, x, &context)?;
+        }
+        inputs.push(x);
+        (inputs, context.inner())
+    };
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    // Final norm, head and loss, differentiated up to the last layer's output.
+    let last = Tensor::from_inner(inputs.pop().expect("num_layers + 1 entries")).require_grad();
+    let hidden = tracked.final_norm(last.clone());
+    let [batch, seq, width] = hidden.dims();
+    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    let mut grad = if seq >= 2 {
+        let rows = batch * (seq - 1);
+        let hidden_s: Tensor<2> = hidden
+            .clone()
+            .slice([0..batch, 0..seq - 1, 0..width])
+            .reshape([rows, width]);
+        let targets: Tensor<2, Int> = labels.slice([0..batch, 1..seq]).reshape([1, rows]);
+        let detached = hidden_s.clone().detach();
+        let chunk = if chunk_rows == 0 { rows } else { chunk_rows };
+        let mut hidden_grads = Vec::with_capacity(rows.div_ceil(chunk));
+        for start in (0..rows).step_by(chunk) {
+            let end = (start + chunk).min(rows);
+            let h = detached
+                .clone()
+                .slice([start..end, 0..width])
+                .require_grad();
+            let logits = model.logits(h.clone().unsqueeze_dim::<3>(0));
+            let part = aligned_token_logprobs(logits, targets.clone().slice([0..1, start..end]));
+            tokens += count_trained(&part.trained);
+            let nll = part.logprobs.neg().sum();
+            sum += f64::from(nll.clone().into_scalar::<f32>());
+            let grads = nll.mul_scalar(scale).backward();
+            hidden_grads.push(match h.grad(&grads) {
+                Some(g) => g,
+                None => h.clone().inner().zeros_like(),
+            });
+            acc.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        let g_hidden = Tensor::cat(hidden_grads, 0).inner();
+        let grads = (hidden_s * g_hidden).sum().backward();
+        let g = last.grad(&grads);
+        acc.accumulate(model, GradientsParams::from_grads(grads, model));
+        g
+    } else {
+        None
+    };
+    // Each layer again, tracked, from the last to the first.
+    for i in (0..num_layers).rev() {
+        let x_in = inputs.pop().expect("one input per layer");
+        let Some(g) = grad.take() else { break };
+        let x = Tensor::from_inner(x_in).require_grad();
+        let y = tracked.layer(i, x.clone(), &context)?;
+        let grads = (y * g).sum().backward();
+        grad = x.grad(&grads);
+        acc.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    // The embedding, when it trains.
+    if let Some(g) = grad {
+        let (x, _) = tracked.embed(input)?;
+        if x.is_tracked() {
+            let grads = (x * g).sum().backward();
+            acc.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+    }
+    Ok((
+        LossOutput {
+            sum: Tensor::from_data([sum as f32], &device),
+            tokens,
+        },
+        acc.grads(),
+    ))
+}
+
 fn count_trained(trained: &Tensor<2, burn::tensor::Bool>) -> usize {
     trained
         .clone()

@@ -28,7 +28,9 @@ impl WeightsIo for FullModelWeights {
         Ok(())
     }
 
-    fn load(&self, _model: CausalLm, dir: &Path) -> Result<CausalLm> {
+    fn load(&self, model: CausalLm, dir: &Path) -> Result<CausalLm> {
+        // Free the current weights before reading the saved ones: one copy at a time.
+        drop(model);
         let source = WeightSource::open(dir, &self.device, FloatDType::F32)?;
         Ok(CausalLm::load(&self.config, &source)?)
     }
