@@ -3,15 +3,69 @@
 //! Every projection of the `lmflow-models` architectures is a [`Linear`], so adapters (LoRA,
 //! DoRA) and quantised bases (NF4) attach to any model built from it without wrapping at run
 //! time.
+//!
+//! # Using it in your own Burn model
+//!
+//! [`Linear`] / [`LinearConfig`] are a drop-in for `burn::nn::Linear` / `burn::nn::LinearConfig`:
+//! the same `LinearConfig::new(d_input, d_output)`, `with_bias`, `with_initializer` (Burn's
+//! [`Initializer`], default Kaiming-uniform = PyTorch's `U(-1/sqrt(in), 1/sqrt(in))`),
+//! `init(&device)` and `forward(Tensor<D>) -> Tensor<D>` over `[..., d_input]`. Differences:
+//! the weight is stored `[d_output, d_input]` (PyTorch / Hub layout, Burn's `LinearLayout::Col`
+//! on disk) so that adapters save in PEFT's format, and there is no `layout` option. An existing
+//! `burn::nn::Linear` converts with `Linear::from` (the weight is transposed once).
+//!
+//! Then implement [`LinearVisitor`] for the model (by hand or with
+//! [`impl_linear_visitor!`](crate::impl_linear_visitor)) to name its layers, and
+//! [`get_peft_model`](crate::get_peft_model), [`save_adapter`](crate::save_adapter),
+//! [`load_adapter`](crate::load_adapter) and merging work on it as on the bundled architectures:
+//!
+//! ```
+//! use burn::module::Module;
+//! use burn::tensor::{Device, Tensor, activation::relu};
+//! use lmflow_peft::{Linear, LinearConfig, LoraConfig, TargetModules, get_peft_model};
+//!
+//! #[derive(Module, Debug)]
+//! struct Mlp {
+//!     fc1: Linear,
+//!     fc2: Linear,
+//!     head: Linear,
+//! }
+//! lmflow_peft::impl_linear_visitor!(Mlp { fc1, fc2, head });
+//!
+//! impl Mlp {
+//!     fn new(device: &Device) -> Self {
+//!         Self {
+//!             fc1: LinearConfig::new(8, 32).init(device),
+//!             fc2: LinearConfig::new(32, 32).init(device),
+//!             head: LinearConfig::new(32, 3).with_bias(false).init(device),
+//!         }
+//!     }
+//!     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+//!         self.head.forward(relu(self.fc2.forward(relu(self.fc1.forward(x)))))
+//!     }
+//! }
+//!
+//! let device = Device::flex();
+//! let config = LoraConfig {
+//!     r: 4,
+//!     lora_alpha: 8.0,
+//!     target_modules: Some(TargetModules::Names(vec!["fc1".into(), "fc2".into()])),
+//!     ..LoraConfig::default()
+//! };
+//! let (model, report) = get_peft_model(Mlp::new(&device), &config, "default").unwrap();
+//! assert_eq!(report.adapted, ["fc1", "fc2"]);
+//! assert_eq!(model.forward(Tensor::zeros([5, 8], &device)).dims(), [5, 3]);
+//! ```
 
-use burn::module::{Module, Param};
+use burn::module::{Initializer, Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::PeftError;
 use crate::lora::LoraAdapter;
 use crate::nf4::Nf4Weight;
 
-/// Configuration of a [`Linear`] layer.
+/// Configuration of a [`Linear`] layer: the fields, defaults and builder methods of
+/// `burn::nn::LinearConfig` except `layout` (the weight is always stored `[d_output, d_input]`).
 #[derive(burn::config::Config, Debug)]
 pub struct LinearConfig {
     /// Input features.
@@ -21,19 +75,40 @@ pub struct LinearConfig {
     /// Whether the layer adds a bias.
     #[config(default = true)]
     pub bias: bool,
+    /// Initialiser of weight and bias (fan-in `d_input`, fan-out `d_output`), as Burn's. The
+    /// default, Kaiming-uniform with gain `1/sqrt(3)`, is PyTorch's `nn.Linear` initialisation
+    /// `U(-1/sqrt(d_input), 1/sqrt(d_input))`.
+    #[config(default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}")]
+    pub initializer: Initializer,
 }
 
 impl LinearConfig {
-    /// Creates a layer with PyTorch's default initialisation
-    /// (`U(-1/sqrt(in), 1/sqrt(in))` for weight and bias).
+    /// Creates a layer: weight `[d_output, d_input]` and bias `[d_output]` drawn from
+    /// `initializer` (by default PyTorch's `U(-1/sqrt(in), 1/sqrt(in))`), no adapters.
     pub fn init(&self, device: &Device) -> Linear {
-        let k = 1.0 / (self.d_input as f64).sqrt();
-        let dist = burn::tensor::Distribution::Uniform(-k, k);
-        let weight = Tensor::random([self.d_output, self.d_input], dist, device);
-        let bias = self
-            .bias
-            .then(|| Tensor::random([self.d_output], dist, device));
+        let (fan_in, fan_out) = (Some(self.d_input), Some(self.d_output));
+        let weight: Tensor<2> = self
+            .initializer
+            .init_with([self.d_output, self.d_input], fan_in, fan_out, device)
+            .val();
+        let bias = self.bias.then(|| {
+            self.initializer
+                .init_with([self.d_output], fan_in, fan_out, device)
+                .val()
+        });
         Linear::from_tensors(weight, bias)
+    }
+}
+
+impl From<burn::nn::Linear> for Linear {
+    /// Takes over a `burn::nn::Linear` (weight `[d_input, d_output]` in Burn, transposed here to
+    /// `[d_output, d_input]`; bias as is; trainability kept), with no adapters.
+    fn from(linear: burn::nn::Linear) -> Self {
+        let trainable = linear.weight.is_require_grad();
+        let weight = linear.weight.val().transpose();
+        let mut out = Linear::from_tensors(weight, linear.bias.map(|b| b.val()));
+        out.set_base_trainable(trainable);
+        out
     }
 }
 
@@ -264,10 +339,63 @@ pub fn matmul_t<const D: usize>(
     y.reshape(out_dims)
 }
 
-/// Gives access to a model's linear layers by their Hub module path
+/// Gives access to a model's linear layers by their module path
 /// (e.g. `model.layers.0.self_attn.q_proj`), in a fixed order.
 ///
-/// Adapter injection, merging and quantisation walk a model through this trait.
+/// Adapter injection ([`get_peft_model`](crate::get_peft_model),
+/// [`inject_adapter`](crate::inject_adapter)), saving and loading in PEFT's format
+/// ([`save_adapter`](crate::save_adapter), [`load_adapter`](crate::load_adapter)), merging and
+/// quantisation walk a model through this trait; `target_modules` match these paths as PEFT
+/// matches `named_modules()` names, and saved tensors are named
+/// `base_model.model.<path>.lora_A.weight`, so use the names the model has in PyTorch when the
+/// adapter is to be loaded there.
+///
+/// Every architecture of `lmflow-models` implements it. For your own Burn module, build its
+/// projections from [`Linear`] and either list its fields with
+/// [`impl_linear_visitor!`](crate::impl_linear_visitor) (fields that are a [`Linear`], a
+/// `Vec` or `Option` of visitable modules, or any module implementing this trait; paths are the
+/// field names joined with `.`, `Vec` items numbered from 0), or implement the two methods by
+/// hand, calling `f` once per layer with its path:
+///
+/// ```
+/// use burn::module::Module;
+/// use lmflow_peft::{Linear, LinearVisitor, linear::join_path};
+///
+/// #[derive(Module, Debug)]
+/// struct Block {
+///     attn: Linear,
+///     ffn: Linear,
+/// }
+/// #[derive(Module, Debug)]
+/// struct Net {
+///     blocks: Vec<Block>,
+///     out: Linear,
+/// }
+///
+/// impl LinearVisitor for Block {
+///     fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+///         f("attn", &self.attn);
+///         f("ffn", &self.ffn);
+///     }
+///     fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+///         f("attn", &mut self.attn);
+///         f("ffn", &mut self.ffn);
+///     }
+/// }
+/// // Vec<Block> is visitable because Block is: paths "blocks.0.attn", ...
+/// lmflow_peft::impl_linear_visitor!(Net { blocks, out });
+///
+/// let device = burn::tensor::Device::flex();
+/// let lin = |i, o| lmflow_peft::LinearConfig::new(i, o).init(&device);
+/// let net = Net {
+///     blocks: (0..2).map(|_| Block { attn: lin(4, 4), ffn: lin(4, 4) }).collect(),
+///     out: lin(4, 2),
+/// };
+/// let mut paths = Vec::new();
+/// net.visit_linears(&mut |path, _| paths.push(path.to_string()));
+/// assert_eq!(paths, ["blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn", "out"]);
+/// assert_eq!(join_path("blocks", ""), "blocks");
+/// ```
 pub trait LinearVisitor {
     /// Calls `f` on every linear layer with its Hub module path.
     fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear));
@@ -280,6 +408,135 @@ pub trait LinearVisitor {
     fn visit_embeddings_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param<Tensor<2>>)) {
         let _ = f;
     }
+}
+
+/// `prefix.path`, or `prefix` alone when `path` is empty (a [`Linear`] visits itself as `""`).
+pub fn join_path(prefix: &str, path: &str) -> String {
+    if path.is_empty() {
+        prefix.to_string()
+    } else if prefix.is_empty() {
+        path.to_string()
+    } else {
+        format!("{prefix}.{path}")
+    }
+}
+
+/// A single layer is its own only linear, with the empty path.
+impl LinearVisitor for Linear {
+    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+        f("", self);
+    }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+        f("", self);
+    }
+}
+
+/// Items are numbered from 0: `<index>.<item path>` (as PyTorch's `nn.ModuleList`).
+impl<T: LinearVisitor> LinearVisitor for Vec<T> {
+    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+        for (i, item) in self.iter().enumerate() {
+            let prefix = i.to_string();
+            item.visit_linears(&mut |p, l| f(&join_path(&prefix, p), l));
+        }
+    }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+        for (i, item) in self.iter_mut().enumerate() {
+            let prefix = i.to_string();
+            item.visit_linears_mut(&mut |p, l| f(&join_path(&prefix, p), l));
+        }
+    }
+
+    fn visit_embeddings_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param<Tensor<2>>)) {
+        for (i, item) in self.iter_mut().enumerate() {
+            let prefix = i.to_string();
+            item.visit_embeddings_mut(&mut |p, e| f(&join_path(&prefix, p), e));
+        }
+    }
+}
+
+/// An absent module has no layers; a present one is visited with the same paths.
+impl<T: LinearVisitor> LinearVisitor for Option<T> {
+    fn visit_linears(&self, f: &mut dyn FnMut(&str, &Linear)) {
+        if let Some(m) = self {
+            m.visit_linears(f);
+        }
+    }
+
+    fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+        if let Some(m) = self {
+            m.visit_linears_mut(f);
+        }
+    }
+
+    fn visit_embeddings_mut(&mut self, f: &mut dyn FnMut(&str, &mut Param<Tensor<2>>)) {
+        if let Some(m) = self {
+            m.visit_embeddings_mut(f);
+        }
+    }
+}
+
+/// Implements [`LinearVisitor`] for a struct by listing its fields: each must be a [`Linear`],
+/// a `Vec` / `Option` of visitable modules, or any type implementing [`LinearVisitor`]. A
+/// field's layers get the field name as path prefix (`fc1`, `blocks.0.attn`, ...), in the order
+/// listed. Fields not listed are not visited (embeddings, norms, ...).
+///
+/// ```
+/// use burn::module::Module;
+/// use lmflow_peft::{Linear, LinearConfig, LinearVisitor};
+///
+/// #[derive(Module, Debug)]
+/// struct TwoLayers {
+///     fc1: Linear,
+///     fc2: Linear,
+/// }
+/// lmflow_peft::impl_linear_visitor!(TwoLayers { fc1, fc2 });
+///
+/// let device = burn::tensor::Device::flex();
+/// let m = TwoLayers {
+///     fc1: LinearConfig::new(4, 8).init(&device),
+///     fc2: LinearConfig::new(8, 2).init(&device),
+/// };
+/// let mut names = Vec::new();
+/// m.visit_linears(&mut |path, layer| names.push((path.to_string(), layer.dims())));
+/// assert_eq!(names, [("fc1".to_string(), (4, 8)), ("fc2".to_string(), (8, 2))]);
+/// ```
+#[macro_export]
+macro_rules! impl_linear_visitor {
+    ($ty:ty { $($field:ident),+ $(,)? }) => {
+        impl $crate::LinearVisitor for $ty {
+            fn visit_linears(&self, f: &mut dyn FnMut(&str, &$crate::Linear)) {
+                $(
+                    $crate::LinearVisitor::visit_linears(&self.$field, &mut |p: &str, l: &$crate::Linear| {
+                        f(&$crate::linear::join_path(stringify!($field), p), l)
+                    });
+                )+
+            }
+
+            fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut $crate::Linear)) {
+                $(
+                    $crate::LinearVisitor::visit_linears_mut(&mut self.$field, &mut |p: &str, l: &mut $crate::Linear| {
+                        f(&$crate::linear::join_path(stringify!($field), p), l)
+                    });
+                )+
+            }
+
+            fn visit_embeddings_mut(
+                &mut self,
+                f: &mut dyn FnMut(&str, &mut ::burn::module::Param<::burn::tensor::Tensor<2>>),
+            ) {
+                $(
+                    $crate::LinearVisitor::visit_embeddings_mut(
+                        &mut self.$field,
+                        &mut |p: &str, e: &mut ::burn::module::Param<::burn::tensor::Tensor<2>>| {
+                            f(&$crate::linear::join_path(stringify!($field), p), e)
+                        },
+                    );
+                )+
+            }
+        }
+    };
 }
 
 #[cfg(test)]
@@ -301,5 +558,57 @@ mod tests {
         let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0], [1, 2]), &device);
         let y: Vec<f32> = lin.forward(x).into_data().try_to_vec().unwrap();
         assert_eq!(y, vec![3.5, 7.0, 10.0]);
+    }
+
+    #[test]
+    fn drop_in_for_burn_linear() {
+        let device = Device::flex();
+        // Same config surface as burn::nn::LinearConfig, PyTorch's bound 1/sqrt(d_input).
+        let lin = LinearConfig::new(16, 5).with_bias(true).init(&device);
+        assert_eq!(lin.dims(), (16, 5));
+        let w: Vec<f32> = lin.weight.val().into_data().try_to_vec().unwrap();
+        assert!(w.iter().all(|v| v.abs() <= 0.25) && w.iter().any(|v| v.abs() > 0.1));
+        let lin = LinearConfig::new(3, 2)
+            .with_bias(false)
+            .with_initializer(Initializer::Constant { value: 0.5 })
+            .init(&device);
+        assert!(lin.bias.is_none());
+        let y: Vec<f32> = lin
+            .forward(Tensor::<2>::ones([1, 3], &device))
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(y, vec![1.5, 1.5]);
+
+        // From a burn::nn::Linear: same outputs for inputs of any rank.
+        let burn_lin = burn::nn::LinearConfig::new(6, 4).init(&device);
+        let x = Tensor::<3>::random([2, 3, 6], burn::tensor::Distribution::Default, &device);
+        let want: Vec<f32> = burn_lin
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let ours = Linear::from(burn_lin);
+        assert_eq!(ours.dims(), (6, 4));
+        let got: Vec<f32> = ours.forward(x).into_data().try_to_vec().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn vec_and_option_paths() {
+        let device = Device::flex();
+        let layers = vec![
+            LinearConfig::new(2, 2).init(&device),
+            LinearConfig::new(2, 2).init(&device),
+        ];
+        let mut paths = Vec::new();
+        layers.visit_linears(&mut |p, _| paths.push(p.to_string()));
+        assert_eq!(paths, ["0", "1"]);
+        let mut none: Option<Linear> = None;
+        none.visit_linears_mut(&mut |_, _| panic!("nothing to visit"));
+        assert_eq!(join_path("a", "b.c"), "a.b.c");
+        assert_eq!(join_path("", "b"), "b");
     }
 }
