@@ -6,6 +6,8 @@
 //! Pieces usable on their own:
 //! - [`loss::causal_lm_loss`]: next-token cross-entropy over trained tokens (labels `-100` skipped),
 //!   equal to what `transformers` computes;
+//! - [`objective`]: the [`Objective`] trait that makes the loop of [`Trainer::train_objective`]
+//!   serve every algorithm ([`SftObjective`] here; reward modelling and DPO in `lmflow-align`);
 //! - [`metrics`]: `metrics.jsonl` records and the loss-curve PNG;
 //! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`];
 //! - [`run_folder`]: the run identity (`run.json`) that keeps two runs out of one folder.
@@ -31,6 +33,7 @@ pub mod error;
 pub mod lora_weights;
 pub mod loss;
 pub mod metrics;
+pub mod objective;
 pub mod run_folder;
 pub mod stable_ids;
 pub mod trainer;
@@ -45,5 +48,6 @@ pub use loss::{IGNORE_INDEX, LossOutput, TokenLogprobs, causal_lm_loss, shifted_
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 pub use run_folder::{DataFingerprint, RunFolderPlan, RunIdentity, StartMode, plan_run_folder};
 pub use stable_ids::assign_stable_param_ids;
-pub use trainer::{TrainEvent, TrainOutcome, Trainer, WeightsIo};
+pub use objective::{MetricSum, Objective, ObjectiveLoss, ObjectiveStep, SftObjective};
+pub use trainer::{EvalOutcome, TrainEvent, TrainOutcome, Trainer, WeightsIo};
 pub use weights::FullModelWeights;

@@ -30,6 +30,11 @@ pub struct MetricRecord {
     /// Trained tokens per second since the previous record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_second: Option<f64>,
+    /// The objective's own metrics (e.g. DPO's `rewards/chosen`, `rewards/accuracies`), means
+    /// since the previous record; evaluation metrics are prefixed `eval_`. Written as top-level
+    /// keys of the JSON object.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 /// Appends [`MetricRecord`]s to a JSONL file, flushing each line.
@@ -207,6 +212,7 @@ mod tests {
             lr: Some(1e-3),
             grad_norm: Some(1.0),
             tokens_per_second: Some(100.0),
+            extra: [("rewards/margins".to_string(), step as f64)].into(),
         }
     }
 

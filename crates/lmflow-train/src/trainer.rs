@@ -2,10 +2,11 @@
 //! any `lmflow-optim` optimizer (AdamW by default) with a Hugging Face learning-rate schedule, evaluation, metrics and atomic, resumable
 //! checkpoints.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 use lmflow_models::{CausalLm, ForwardInput};
 use lmflow_optim::BuiltOptimizer;
@@ -17,11 +18,12 @@ use rand::seq::SliceRandom;
 use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
 use crate::config::TrainerConfig;
 use crate::error::{Result, TrainError, io_err};
-use crate::loss::{causal_lm_loss, chunked_lm_loss_backward};
+use crate::loss::causal_lm_loss;
 use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
+use crate::objective::{MetricSum, Objective, SftObjective, predicted_tokens};
 use crate::stable_ids::assign_stable_param_ids;
 use lmflow_datasets::TokenizedSample;
-use lmflow_datasets::batch::{collate, collate_packed};
+use lmflow_datasets::batch::collate;
 use lmflow_datasets::packing::{PackedBlock, build_block, pack_best_fit};
 
 /// How a run writes and reads back the weights it trains (an adapter folder for PEFT runs, a
@@ -122,18 +124,44 @@ impl Trainer {
             tokens += loss.tokens;
         }
         if tokens == 0 {
-            return Err(TrainError::Config(
-                "the evaluation set has no trained tokens (every label is masked or every \
-                 sample is a single token): its loss is undefined"
-                    .into(),
-            ));
+            return Err(no_eval_tokens());
         }
         Ok(sum / tokens as f64)
     }
 
+    /// The weighted mean loss of `objective` over `items` and the means of its metrics
+    /// (evaluation batches of `per_device_eval_batch_size` items).
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] when the items weigh nothing (the mean is undefined).
+    pub fn evaluate_objective<O: Objective>(
+        &self,
+        objective: &O,
+        model: &CausalLm,
+        items: &[O::Item],
+    ) -> Result<EvalOutcome> {
+        let (mut sum, mut weight) = (0.0f64, 0.0f64);
+        let mut metrics = MetricWindow::default();
+        for chunk in items.chunks(self.config.per_device_eval_batch_size) {
+            let refs: Vec<&O::Item> = chunk.iter().collect();
+            weight += refs.iter().map(|i| objective.weight(i)).sum::<f64>();
+            let (s, m) = objective.evaluate(model, &refs, &self.device)?;
+            sum += s;
+            metrics.add(m);
+        }
+        if weight <= 0.0 {
+            return Err(no_eval_tokens());
+        }
+        Ok(EvalOutcome {
+            loss: sum / weight,
+            metrics: metrics.take(),
+        })
+    }
+
     /// Trains `model` (its trainable parameters only: freeze the base beforehand for adapter
-    /// runs) on `train`, evaluating on `eval` when given. Resumes from the newest checkpoint in
-    /// the output folder when `resume` is set.
+    /// runs) on `train` with the causal-LM objective ([`SftObjective`]), evaluating on `eval`
+    /// when given. Samples are packed into rows when `packing` is on. Resumes from the newest
+    /// checkpoint in the output folder when `resume` is set.
     pub fn train(
         &self,
         model: CausalLm,
@@ -146,8 +174,6 @@ impl Trainer {
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
         }
-        let out_dir = cfg.output_dir.clone();
-        std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
         // Training rows: best-fit packed blocks of several samples (positions restart and
         // attention stays within each sample), or one sample per row.
         let rows: Vec<PackedBlock> = if cfg.packing {
@@ -157,14 +183,51 @@ impl Trainer {
                 .map(|i| build_block(train, vec![i]))
                 .collect()
         };
-        let train = rows.as_slice();
-        if train.iter().all(|row| predicted_tokens(&row.labels) == 0) {
+        if rows.iter().all(|row| predicted_tokens(&row.labels) == 0) {
             return Err(TrainError::Config(
                 "the training set has no trained tokens: every label is masked (prompt-only \
                  samples) or every sample is a single token (raise the block size)"
                     .into(),
             ));
         }
+        let eval_rows: Option<Vec<PackedBlock>> =
+            eval.map(|e| (0..e.len()).map(|i| build_block(e, vec![i])).collect());
+        let objective = SftObjective::new(self.pad_id, cfg.loss_chunk_tokens);
+        self.train_objective(
+            model,
+            weights,
+            &objective,
+            &rows,
+            eval_rows.as_deref(),
+            on_event,
+        )
+    }
+
+    /// The training loop, shared by every objective: trains `model`'s trainable parameters on
+    /// `train` (one epoch = one pass over the items in a seeded order), minimising
+    /// `objective`'s weighted mean loss per optimizer step, evaluating on `eval` when given,
+    /// logging the objective's metrics and resuming from the newest checkpoint when `resume`
+    /// is set.
+    pub fn train_objective<O: Objective>(
+        &self,
+        model: CausalLm,
+        weights: &dyn WeightsIo,
+        objective: &O,
+        train: &[O::Item],
+        eval: Option<&[O::Item]>,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<TrainOutcome> {
+        let cfg = &self.config;
+        if train.is_empty() {
+            return Err(TrainError::Config("the training set is empty".into()));
+        }
+        if train.iter().all(|item| objective.weight(item) <= 0.0) {
+            return Err(TrainError::Config(
+                "no training item carries any weight (nothing to train on)".into(),
+            ));
+        }
+        let out_dir = cfg.output_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
         let total_steps = cfg.total_steps(train.len());
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
@@ -226,7 +289,8 @@ impl Trainer {
         let mut order = epoch_order(train.len(), cfg.seed, state.epoch);
         let started = Instant::now();
         let mut run_tokens = 0u64;
-        let (mut window_sum, mut window_tokens) = (0.0f64, 0usize);
+        let (mut window_sum, mut window_weight) = (0.0f64, 0.0f64);
+        let mut window_metrics = MetricWindow::default();
         let mut last_train_loss = None;
         let mut last_eval = None;
 
@@ -251,42 +315,26 @@ impl Trainer {
             let step_tokens: usize = micro
                 .iter()
                 .flat_map(|m| m.iter())
-                .map(|row| predicted_tokens(&row.labels))
+                .map(|item| objective.tokens(item))
+                .sum();
+            let step_weight: f64 = micro
+                .iter()
+                .flat_map(|m| m.iter())
+                .map(|item| objective.weight(item))
                 .sum();
             if let Some(l) = &mut lisa {
                 model = l.on_step_begin(model);
             }
             let mut accumulator = GradientsAccumulator::<CausalLm>::new();
             let mut step_sum = 0.0f64;
-            for rows in &micro {
-                let batch = collate_packed(rows, self.pad_id, &self.device)?;
-                let mut input = ForwardInput::new(batch.input_ids)
-                    .with_attention_mask(batch.attention_mask)
-                    .with_position_ids(batch.position_ids);
-                if let Some(segments) = batch.segment_ids {
-                    input = input.with_segment_ids(segments);
-                }
-                // Token-weighted: the step's loss is the sum over its micro-batches / its tokens.
-                let scale = 1.0 / step_tokens.max(1) as f64;
-                let grads = if cfg.loss_chunk_tokens > 0 {
-                    let hidden = model.forward_hidden(&input, None)?;
-                    let (loss, grads) = chunked_lm_loss_backward(
-                        &model,
-                        hidden,
-                        batch.labels,
-                        cfg.loss_chunk_tokens,
-                        scale,
-                    );
-                    step_sum += loss_value(&loss.sum);
-                    grads
-                } else {
-                    let out = model.forward(input, None)?;
-                    let loss = causal_lm_loss(out.logits, batch.labels);
-                    let scaled = loss.sum.mul_scalar(scale);
-                    step_sum += loss_value(&scaled) * step_tokens.max(1) as f64;
-                    GradientsParams::from_grads(scaled.backward(), &model)
-                };
-                accumulator.accumulate(&model, grads);
+            // Weighted: the step's loss is the sum over its micro-batches / their total weight.
+            let denom = if step_weight > 0.0 { step_weight } else { 1.0 };
+            let scale = 1.0 / denom;
+            for items in &micro {
+                let out = objective.backward(&model, items, scale, &self.device)?;
+                step_sum += out.loss_sum;
+                window_metrics.add(out.metrics);
+                accumulator.accumulate(&model, out.grads);
             }
             let mut grads = accumulator.grads();
             let grad_norm = if cfg.max_grad_norm > 0.0 {
@@ -296,7 +344,7 @@ impl Trainer {
             };
             // A NaN or infinite step stops the run here, before the optimizer step and before
             // any checkpoint of this step: the last good checkpoint is never rotated away.
-            let step_loss = step_sum / step_tokens.max(1) as f64;
+            let step_loss = step_sum / denom;
             for (quantity, value) in [("loss", step_loss), ("gradient norm", grad_norm)] {
                 if !value.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -315,7 +363,7 @@ impl Trainer {
             state.tokens_seen += step_tokens as u64;
             run_tokens += step_tokens as u64;
             window_sum += step_sum;
-            window_tokens += step_tokens;
+            window_weight += step_weight;
             let tps = run_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             on_event(TrainEvent::Step {
                 step: state.global_step,
@@ -328,16 +376,17 @@ impl Trainer {
             let last = step == total_steps;
             let eval_now =
                 eval.is_some() && ((cfg.eval_steps > 0 && step % cfg.eval_steps == 0) || last);
-            let eval_loss = match (eval_now, eval) {
+            let evaluated = match (eval_now, eval) {
                 (true, Some(e)) => {
                     // Schedule-free optimizers evaluate at their averaged point.
                     model = optim.eval_params(model);
-                    let loss = self.evaluate(&model, e);
+                    let out = self.evaluate_objective(objective, &model, e);
                     model = optim.train_params(model);
-                    Some(loss?)
+                    Some(out?)
                 }
                 _ => None,
             };
+            let eval_loss = evaluated.as_ref().map(|e| e.loss);
             if eval_loss.is_some() {
                 last_eval = eval_loss;
                 if state.best_eval_loss.is_none_or(|b| eval_loss < Some(b)) {
@@ -345,7 +394,11 @@ impl Trainer {
                 }
             }
             if step % cfg.logging_steps == 0 || last || eval_loss.is_some() {
-                let loss = (window_tokens > 0).then(|| window_sum / window_tokens as f64);
+                let loss = (window_weight > 0.0).then(|| window_sum / window_weight);
+                let mut extra = window_metrics.take();
+                if let Some(e) = &evaluated {
+                    extra.extend(e.metrics.iter().map(|(k, v)| (format!("eval_{k}"), *v)));
+                }
                 last_train_loss = loss.or(last_train_loss);
                 let record = MetricRecord {
                     step,
@@ -356,10 +409,11 @@ impl Trainer {
                     lr: Some(lr),
                     grad_norm: Some(grad_norm),
                     tokens_per_second: Some(tps),
+                    extra,
                 };
                 metrics.write(record.clone())?;
                 on_event(TrainEvent::Logged(record));
-                (window_sum, window_tokens) = (0.0, 0);
+                (window_sum, window_weight) = (0.0, 0.0);
             }
             if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last {
                 let path = self.save_checkpoint(&model, &optim, &state, weights)?;
@@ -380,7 +434,7 @@ impl Trainer {
         replace_dir_atomic(&staging, &final_dir)?;
         let final_eval_loss = match (last_eval, eval) {
             (Some(l), _) => Some(l),
-            (None, Some(e)) => Some(self.evaluate(&model, e)?),
+            (None, Some(e)) => Some(self.evaluate_objective(objective, &model, e)?.loss),
             (None, None) => None,
         };
         Ok(TrainOutcome {
@@ -446,23 +500,52 @@ impl Trainer {
     }
 }
 
-/// Tokens the next-token loss covers in a row (trained labels after the first position).
-fn predicted_tokens(labels: &[i64]) -> usize {
-    labels
-        .iter()
-        .skip(1)
-        .filter(|&&l| l != crate::loss::IGNORE_INDEX)
-        .count()
-}
-
-fn loss_value(t: &burn::tensor::Tensor<1>) -> f64 {
-    t.clone().into_scalar::<f32>() as f64
-}
-
 /// The sample order of `epoch`: a seeded permutation, identical across runs (and resumes).
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64));
     order.shuffle(&mut rng);
     order
+}
+
+fn no_eval_tokens() -> TrainError {
+    TrainError::Config(
+        "the evaluation set has no trained tokens (every label is masked or every \
+         sample is a single token): its loss is undefined"
+            .into(),
+    )
+}
+
+/// The evaluation of an objective on a set of items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOutcome {
+    /// Weighted mean loss.
+    pub loss: f64,
+    /// Mean of each of the objective's metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Running sums of named metrics over a logging window.
+#[derive(Debug, Default)]
+struct MetricWindow {
+    sums: BTreeMap<String, (f64, f64)>,
+}
+
+impl MetricWindow {
+    fn add(&mut self, metrics: Vec<MetricSum>) {
+        for m in metrics {
+            let e = self.sums.entry(m.name).or_insert((0.0, 0.0));
+            e.0 += m.sum;
+            e.1 += m.count;
+        }
+    }
+
+    /// The window's means, emptying it.
+    fn take(&mut self) -> BTreeMap<String, f64> {
+        std::mem::take(&mut self.sums)
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 0.0)
+            .map(|(k, (s, n))| (k, s / n))
+            .collect()
+    }
 }
