@@ -13,6 +13,7 @@ mod eval_accuracy;
 mod finetune;
 mod generate;
 mod merge;
+mod tokenizer;
 mod serve;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::Args),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, LoRA adapters).
     Serve(serve::Args),
+    /// Train a byte-level BPE tokenizer, or extend a model's vocabulary.
+    Tokenizer(tokenizer::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Merge(args) => merge::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Tokenizer(args) => tokenizer::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {
