@@ -127,6 +127,10 @@ pub struct Args {
     /// loss.png, run.json; nothing else) and start afresh.
     #[arg(long)]
     overwrite_output: bool,
+    /// When the newest checkpoint is damaged, rename it `checkpoint-<step>.damaged` and resume
+    /// from the newest good one (without it, a damaged checkpoint is an error).
+    #[arg(long, conflicts_with_all = ["no_resume", "overwrite_output"])]
+    resume_fallback: bool,
     /// After training, answer this many evaluation (else training) conversations greedily and
     /// show the answers (0: none).
     #[arg(long, default_value_t = 3)]
@@ -361,6 +365,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         StartMode::Overwrite
     } else if args.no_resume {
         StartMode::Fresh
+    } else if args.resume_fallback {
+        StartMode::ResumeFallback
     } else {
         StartMode::Resume
     };
@@ -378,12 +384,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .tokenizer
         .as_ref()
         .with_context(|| format!("{}: no tokenizer.json", args.model.display()))?;
-    let template = ChatTemplate::resolve(&args.template, tokenizer).ok();
+    // Without a template in the tokenizer, `tokenizer` means none (fine for text data); any
+    // other failure (an unknown preset, a template that does not compile) is an error.
+    let template = match ChatTemplate::resolve(&args.template, tokenizer) {
+        Ok(t) => Some(t),
+        Err(_) if args.template == "tokenizer" && tokenizer.chat_template(None).is_none() => None,
+        Err(e) => return Err(e).with_context(|| format!("--template {}", args.template)),
+    };
+    let context = pretrained.model.max_position_embeddings().max(1);
     let block_size = args
         .block_size
         .or(tokenizer.model_max_length())
         .unwrap_or(1024)
-        .min(pretrained.model.max_position_embeddings().max(1));
+        .min(context);
+    if let Some(b) = args.block_size
+        && b > block_size
+    {
+        // As LMFlow, which clamps to the tokenizer's model_max_length with a warning.
+        eprintln!(
+            "warning: --block-size {b} clamped to {block_size}, the model's context \
+             (max_position_embeddings)"
+        );
+    }
     let tok_cfg = TokenizeConfig {
         block_size,
         train_on_prompt: args.train_on_prompt,

@@ -115,6 +115,9 @@ impl ModelConfig {
             }
         }
         for (key, max) in MAX_DIMENSIONS {
+            if let Some(0) = self.get(key).and_then(Value::as_u64) {
+                return Err(self.err(key, "0: a model dimension must be at least 1"));
+            }
             if let Some(v) = self.get(key).and_then(Value::as_u64)
                 && v > *max
             {

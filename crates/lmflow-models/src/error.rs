@@ -92,6 +92,21 @@ pub enum ModelError {
         /// The stored dtype.
         dtype: String,
     },
+    /// A stored float tensor holds NaN or infinity (checked when weights are loaded).
+    #[error(
+        "{path}: tensor `{name}` holds {what} (element {index}): the file is damaged or was \
+         saved from a diverged model; weights must be finite"
+    )]
+    NonFinite {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor's Hub name.
+        name: String,
+        /// `NaN`, `inf` or `-inf`.
+        what: String,
+        /// The flat index of the first such element.
+        index: usize,
+    },
     /// The tokenizer files could not be loaded (the error names the file).
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),

@@ -101,6 +101,13 @@ impl RopeConfig {
         } else {
             "rope_scaling"
         };
+        if !(params.is_null() || params.is_object()) {
+            return Err(ModelError::config(
+                path,
+                key,
+                "expected an object (or null)",
+            ));
+        }
         let field = |name: &str| params.get(name).filter(|v| !v.is_null());
         let err = |name: &str, msg: &str| ModelError::config(path, &format!("{key}.{name}"), msg);
         let theta = match field("rope_theta") {
@@ -129,9 +136,14 @@ impl RopeConfig {
             .to_string();
         let factor = |required: bool| -> Result<Option<f64>, ModelError> {
             match field("factor") {
-                Some(v) => num(v)
-                    .map(Some)
-                    .ok_or_else(|| err("factor", "expected a number")),
+                Some(v) => match num(v) {
+                    Some(f) if f.is_finite() && f > 0.0 => Ok(Some(f)),
+                    Some(f) => Err(err(
+                        "factor",
+                        &format!("{f} is not a positive, finite number"),
+                    )),
+                    None => Err(err("factor", "expected a number")),
+                },
                 None if required => Err(err("factor", "missing")),
                 None => Ok(None),
             }
@@ -171,6 +183,12 @@ impl RopeConfig {
             }
             "yarn" => {
                 let original = original_max()?;
+                if original == 0 {
+                    return Err(err(
+                        "original_max_position_embeddings",
+                        "must be at least 1",
+                    ));
+                }
                 let factor = match factor(false)? {
                     Some(f) => f,
                     None => max_position_embeddings as f64 / original as f64,

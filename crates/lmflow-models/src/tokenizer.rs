@@ -390,6 +390,15 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest token id of the vocabulary (added tokens included) and its token.
+    pub fn max_token_id(&self) -> Option<(u32, String)> {
+        self.inner
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|(_, id)| *id)
+            .map(|(token, id)| (id, token))
+    }
+
     /// The id of `token`, if it is in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

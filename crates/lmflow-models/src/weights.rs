@@ -132,6 +132,7 @@ impl WeightSource {
                 let file = file.as_str().ok_or_else(|| {
                     ModelError::config(&index_path, &format!("weight_map.{name}"), "not a string")
                 })?;
+                check_shard_name(&index_path, name, file)?;
                 if !files.iter().any(|f| f == file) {
                     files.push(file.to_string());
                 }
@@ -160,10 +161,20 @@ impl WeightSource {
         } else {
             let single = dir.join(SINGLE_FILE);
             if !single.is_file() {
-                return Err(ModelError::MissingFile {
-                    path: single,
-                    what: format!("model weights (neither {SINGLE_FILE} nor {INDEX_FILE} exists)"),
-                });
+                let pickles = pickle_files(dir);
+                let what = if pickles.is_empty() {
+                    format!("model weights (neither {SINGLE_FILE} nor {INDEX_FILE} exists)")
+                } else {
+                    format!(
+                        "model weights: the folder has only pickle checkpoints ({}); lmflow \
+                         reads safetensors only and never executes pickle. Convert them with \
+                         transformers: `AutoModelForCausalLM.from_pretrained(dir)\
+                         .save_pretrained(dir, safe_serialization=True)` in an environment \
+                         you trust",
+                        pickles.join(", ")
+                    )
+                };
+                return Err(ModelError::MissingFile { path: single, what });
             }
             Self::from_files(dir, &[single], device, dtype)
         }
@@ -248,7 +259,8 @@ impl WeightSource {
     /// Loads a tensor, checking that its shape is `shape`.
     ///
     /// # Errors
-    /// [`ModelError::MissingTensor`], [`ModelError::Shape`] or [`ModelError::Dtype`], naming the
+    /// [`ModelError::MissingTensor`], [`ModelError::Shape`], [`ModelError::Dtype`] or
+    /// [`ModelError::NonFinite`] (a NaN or infinity in the stored values), naming the
     /// file and the tensor.
     pub fn tensor<const D: usize>(
         &self,
@@ -282,6 +294,14 @@ impl WeightSource {
                 name: name.to_string(),
                 expected: shape.to_vec(),
                 found: info.shape.clone(),
+            });
+        }
+        if let Some((i, what)) = first_non_finite(shard.bytes(info), info.dtype) {
+            return Err(ModelError::NonFinite {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                what: what.to_string(),
+                index: i,
             });
         }
         let data = convert(shard.bytes(info), info.dtype, &shape, self.dtype).ok_or_else(|| {
@@ -322,6 +342,102 @@ impl WeightSource {
             _ => self.root.join(INDEX_FILE),
         }
     }
+}
+
+/// Refuses a shard name of an index that could leave the model folder: it must be a relative
+/// path of plain components (no `..`, no root, no drive prefix), as the Hub writes them.
+fn check_shard_name(index_path: &Path, tensor: &str, file: &str) -> Result<(), ModelError> {
+    use std::path::Component;
+    let path = Path::new(file);
+    let plain = !file.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if plain {
+        return Ok(());
+    }
+    Err(ModelError::config(
+        index_path,
+        &format!("weight_map.{tensor}"),
+        format!(
+            "shard path `{file}` is not a file name inside the model folder (an empty, absolute \
+             or `..` path could read files outside it; only relative paths are read)"
+        ),
+    ))
+}
+
+/// Pickle checkpoints in `dir` (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`), sorted.
+fn pickle_files(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            [".bin", ".pt", ".pth", ".ckpt"]
+                .iter()
+                .any(|ext| n.ends_with(ext))
+                || n == "pytorch_model.bin.index.json"
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The first NaN or infinity among stored float values: its index and `"NaN"`/`"inf"`/`"-inf"`.
+/// Checks the exponent bits only (one pass over the bytes, no conversion).
+fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<(usize, &'static str)> {
+    let classify = |nan: bool, negative: bool| match (nan, negative) {
+        (true, _) => "NaN",
+        (false, false) => "inf",
+        (false, true) => "-inf",
+    };
+    match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).enumerate().find_map(|(i, c)| {
+            let b = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            (b & 0x7f80_0000 == 0x7f80_0000)
+                .then(|| (i, classify(b & 0x007f_ffff != 0, b >> 31 == 1)))
+        }),
+        Dtype::F16 => bytes.chunks_exact(2).enumerate().find_map(|(i, c)| {
+            let b = u16::from_le_bytes([c[0], c[1]]);
+            (b & 0x7c00 == 0x7c00).then(|| (i, classify(b & 0x03ff != 0, b >> 15 == 1)))
+        }),
+        Dtype::BF16 => bytes.chunks_exact(2).enumerate().find_map(|(i, c)| {
+            let b = u16::from_le_bytes([c[0], c[1]]);
+            (b & 0x7f80 == 0x7f80).then(|| (i, classify(b & 0x007f != 0, b >> 15 == 1)))
+        }),
+        Dtype::F64 => bytes.chunks_exact(8).enumerate().find_map(|(i, c)| {
+            let b = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            (b & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000)
+                .then(|| (i, classify(b & 0x000f_ffff_ffff_ffff != 0, b >> 63 == 1)))
+        }),
+        _ => None,
+    }
+}
+
+/// Checks one safetensors file completely: its header against its size, and every float
+/// tensor for NaN or infinity. Used to verify a checkpoint before resuming from it.
+///
+/// # Errors
+/// [`ModelError::Safetensors`] naming the file, [`ModelError::NonFinite`] naming the tensor,
+/// [`ModelError::Io`].
+pub fn check_safetensors_file(path: &Path) -> Result<(), ModelError> {
+    let shard = Shard::open(path)?;
+    let mut names: Vec<String> = shard.metadata.tensors().into_keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(info) = shard.info(&name)
+            && let Some((i, what)) = first_non_finite(shard.bytes(info), info.dtype)
+        {
+            return Err(ModelError::NonFinite {
+                path: path.to_path_buf(),
+                name,
+                what: what.to_string(),
+                index: i,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Decodes little-endian stored values into `TensorData` of the target dtype.

@@ -32,6 +32,19 @@ pub(crate) struct HostTensors {
 
 impl HostTensors {
     pub(crate) fn read(path: &Path) -> Result<Self, PeftError> {
+        if !path.exists()
+            && let Some(dir) = path.parent()
+            && dir.join("adapter_model.bin").is_file()
+        {
+            return Err(PeftError::Safetensors {
+                path: path.into(),
+                reason: "missing; the folder has only adapter_model.bin, a pickle file, and \
+                         lmflow reads safetensors only (pickle is never executed). Convert it \
+                         with PEFT: `PeftModel.from_pretrained(...).save_pretrained(dir, \
+                         safe_serialization=True)`"
+                    .into(),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|e| PeftError::io(path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| PeftError::Safetensors {
             path: path.into(),
@@ -44,6 +57,16 @@ impl HostTensors {
                 key: name.clone(),
                 reason: format!("dtype {:?} is not a float type", view.dtype()),
             })?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(PeftError::Tensor {
+                    path: path.into(),
+                    key: name,
+                    reason: format!(
+                        "value {i} is {}: the file is damaged (adapter weights must be finite)",
+                        data[i]
+                    ),
+                });
+            }
             tensors.insert(name, (view.shape().to_vec(), data));
         }
         Ok(Self {

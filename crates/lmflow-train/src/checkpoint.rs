@@ -101,6 +101,44 @@ pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
+/// Checks that checkpoint folder `dir` can be resumed from, without loading a model: its
+/// `trainer_state.json` parses and names the step of the folder (`checkpoint-<step>`), its
+/// `weights/` folder holds safetensors files whose headers match their sizes and whose float
+/// tensors are all finite. Returns what is wrong, in words.
+pub fn verify_checkpoint(dir: &Path) -> std::result::Result<(), String> {
+    let state = TrainerState::load(dir).map_err(|e| e.to_string())?;
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(step) = named
+        && step != state.global_step
+    {
+        return Err(format!(
+            "{}: global_step is {}, but the folder is the checkpoint of step {step}",
+            dir.join(TrainerState::FILE).display(),
+            state.global_step
+        ));
+    }
+    let weights = dir.join("weights");
+    let entries = std::fs::read_dir(&weights)
+        .map_err(|e| format!("{}: cannot read the weights folder: {e}", weights.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no safetensors file", weights.display()));
+    }
+    for file in files {
+        lmflow_models::weights::check_safetensors_file(&file).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +152,43 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn verify_checkpoint_names_what_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("checkpoint-3");
+        TrainerState {
+            global_step: 3,
+            ..Default::default()
+        }
+        .save(&c)
+        .unwrap();
+        let err = verify_checkpoint(&c).unwrap_err();
+        assert!(err.contains("weights"), "{err}");
+        let data = burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]);
+        lmflow_models::save_safetensors(
+            &c.join("weights/adapter_model.safetensors"),
+            &[("a".to_string(), data)],
+        )
+        .unwrap();
+        verify_checkpoint(&c).unwrap();
+        let nan = burn::tensor::TensorData::new(vec![1.0f32, f32::NAN], [2]);
+        lmflow_models::save_safetensors(
+            &c.join("weights/adapter_model.safetensors"),
+            &[("a".to_string(), nan)],
+        )
+        .unwrap();
+        let err = verify_checkpoint(&c).unwrap_err();
+        assert!(err.contains("tensor `a` holds NaN"), "{err}");
+        TrainerState {
+            global_step: 7,
+            ..Default::default()
+        }
+        .save(&c)
+        .unwrap();
+        let err = verify_checkpoint(&c).unwrap_err();
+        assert!(err.contains("global_step is 7"), "{err}");
     }
 
     #[test]

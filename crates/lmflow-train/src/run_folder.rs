@@ -14,13 +14,17 @@
 //!   writes: `checkpoint-<step>` folders, `final/`, `metrics.jsonl`, `loss.png`, `run.json` and
 //!   their temporary siblings; nothing else in the folder is touched).
 //!
+//! Resuming also checks the newest complete checkpoint ([`verify_checkpoint`]): a damaged one
+//! is an error naming it, unless [`StartMode::ResumeFallback`] asks to set it aside (renamed
+//! `checkpoint-<step>.damaged`, never deleted) and resume from the newest good one.
+//!
 //! [`RunFolderPlan::apply`] then clears the folder when asked and writes `run.json` atomically.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{latest_checkpoint, write_atomic};
+use crate::checkpoint::{latest_checkpoint, verify_checkpoint, write_atomic};
 use crate::error::{Result, TrainError, io_err};
 
 /// File name of the run identity inside the output folder.
@@ -234,8 +238,12 @@ impl std::fmt::Display for Difference {
 /// How a run wants to use its output folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartMode {
-    /// Continue from the newest checkpoint when there is one (the default).
+    /// Continue from the newest checkpoint when there is one (the default); refused when that
+    /// checkpoint is damaged.
     Resume,
+    /// Like [`StartMode::Resume`], but a damaged newest checkpoint is set aside (renamed
+    /// `checkpoint-<step>.damaged`) and the run continues from the newest good one.
+    ResumeFallback,
     /// Start afresh; refused when the folder holds an earlier run's checkpoints or `final/`.
     Fresh,
     /// Start afresh after deleting the earlier run's files.
@@ -250,6 +258,8 @@ pub struct RunFolderPlan {
     resume: bool,
     clear: bool,
     warnings: Vec<String>,
+    /// Damaged checkpoints to rename `<name>.damaged` before resuming.
+    set_aside: Vec<PathBuf>,
 }
 
 impl RunFolderPlan {
@@ -282,6 +292,15 @@ impl RunFolderPlan {
                 result.map_err(io_err(&path))?;
             }
         }
+        for path in &self.set_aside {
+            let mut aside = path.clone().into_os_string();
+            aside.push(".damaged");
+            let aside = PathBuf::from(aside);
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+            }
+            std::fs::rename(path, &aside).map_err(io_err(path))?;
+        }
         self.identity.save(&self.dir)
     }
 }
@@ -292,6 +311,7 @@ fn is_run_file(name: &str) -> bool {
         let digits = rest
             .strip_suffix(".old")
             .or_else(|| rest.strip_suffix(".tmp"))
+            .or_else(|| rest.strip_suffix(".damaged"))
             .unwrap_or(rest);
         !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
     };
@@ -354,6 +374,7 @@ pub fn plan_run_folder(
         resume: false,
         clear: false,
         warnings: Vec::new(),
+        set_aside: Vec::new(),
     };
     let refuse = |message: String| TrainError::RunFolder {
         dir: dir.to_path_buf(),
@@ -362,6 +383,21 @@ pub fn plan_run_folder(
     if mode == StartMode::Overwrite {
         plan.clear = true;
         return Ok(plan);
+    }
+    // A `checkpoint-<step>` that is not a folder would be replaced by the run's own.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let numbered = name
+                .strip_prefix("checkpoint-")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            if numbered && !e.path().is_dir() {
+                return Err(refuse(format!(
+                    "{name} is not a checkpoint folder; move it away, or pass \
+                     --overwrite-output to delete the earlier run"
+                )));
+            }
+        }
     }
     let checkpoints = checkpoint_dirs(dir);
     let has_final = dir.join("final").exists();
@@ -430,6 +466,69 @@ pub fn plan_run_folder(
                     "holds an earlier run ({}) with no checkpoint to resume and no {RUN_FILE}; \
                      pass --overwrite-output to delete it, or choose another --output",
                     earlier.join(", ")
+                )));
+            }
+        }
+    }
+    if let Some(newest) = &resumable
+        && let Err(damage) = verify_checkpoint(newest)
+    {
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        // Older complete checkpoints, newest first, and the first one that verifies.
+        let mut older: Vec<&(usize, PathBuf)> = checkpoints
+            .iter()
+            .filter(|(_, p)| p != newest && p.join(crate::checkpoint::TrainerState::FILE).is_file())
+            .collect();
+        older.reverse();
+        if mode != StartMode::ResumeFallback {
+            let hint = match older.first() {
+                Some((_, p)) => format!(
+                    "pass --resume-fallback to set it aside and resume from the previous \
+                     checkpoint ({}), ",
+                    name(p)
+                ),
+                None => String::new(),
+            };
+            return Err(refuse(format!(
+                "its newest checkpoint {} is damaged: {damage}; {hint}or pass \
+                 --overwrite-output to start afresh",
+                name(newest)
+            )));
+        }
+        plan.warnings.push(format!(
+            "{} is damaged ({damage}); --resume-fallback: it is renamed {}.damaged",
+            name(newest),
+            name(newest)
+        ));
+        plan.set_aside.push(newest.clone());
+        let mut good = None;
+        for (_, p) in older {
+            match verify_checkpoint(p) {
+                Ok(()) => {
+                    good = Some(p.clone());
+                    break;
+                }
+                Err(e) => {
+                    plan.warnings.push(format!(
+                        "{} is damaged too ({e}); it is renamed {}.damaged",
+                        name(p),
+                        name(p)
+                    ));
+                    plan.set_aside.push(p.clone());
+                }
+            }
+        }
+        match good {
+            Some(p) => plan.warnings.push(format!("resuming from {}", name(&p))),
+            None => {
+                return Err(refuse(format!(
+                    "no checkpoint is intact (the newest, {}, is damaged: {damage}); pass \
+                     --overwrite-output to start afresh",
+                    name(newest)
                 )));
             }
         }
