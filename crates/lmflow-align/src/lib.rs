@@ -7,7 +7,12 @@
 //! - [`sequence_logprobs`]: per-sequence log-likelihood of the labelled tokens
 //!   (TRL's `get_batch_logps`);
 //! - [`dpo_loss`]: sigmoid (with label smoothing), hinge and IPO losses with implicit rewards;
-//! - [`pairwise_reward_loss`]: the Bradley-Terry loss of reward models, with optional margins.
+//! - [`pairwise_reward_loss`]: the Bradley-Terry loss of reward models, with optional margins;
+//! - [`reward_fn`]: reward functions behind one trait ([`RewardFunction`]): closures over the
+//!   text, AFINN / Hu-Liu lexicon sentiment, length and keyword rules, weighted sums;
+//! - [`reward_model`]: reward models as a [`RewardFunction`] ([`RewardModelScorer`]) and
+//!   their training as an objective of `lmflow-train`'s loop ([`RewardObjective`]);
+//! - [`raft`]: RAFT, LMFlow's reward-ranked fine-tuning loop ([`Raft`]).
 //!
 //! Preference data comes from `lmflow-datasets` (`paired_conversation`,
 //! `paired_text_to_text`, batched by `collate_pairs`). Trainers for reward models, RAFT and DPO
@@ -33,9 +38,15 @@
 pub mod dpo;
 pub mod error;
 pub mod logps;
+pub mod raft;
 pub mod reward;
+pub mod reward_fn;
+pub mod reward_model;
 
 pub use dpo::{DpoConfig, DpoLossType, DpoOutput, dpo_loss};
 pub use error::AlignError;
 pub use logps::{SequenceLogprobs, sequence_logprobs};
+pub use raft::{Raft, RaftConfig, RaftPrompt, Selection};
 pub use reward::pairwise_reward_loss;
+pub use reward_fn::{RewardFunction, RewardSample};
+pub use reward_model::{RewardModelScorer, RewardObjective};
