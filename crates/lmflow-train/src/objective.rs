@@ -136,6 +136,9 @@ pub struct SftObjective {
     /// whole micro-batch at once); see
     /// [`chunked_lm_loss_backward`].
     pub loss_chunk_tokens: usize,
+    /// Activation checkpointing per decoder layer (see
+    /// [`checkpointed_lm_loss_backward`](crate::loss::checkpointed_lm_loss_backward)).
+    pub gradient_checkpointing: bool,
 }
 
 impl SftObjective {
@@ -145,7 +148,14 @@ impl SftObjective {
         Self {
             pad_id,
             loss_chunk_tokens,
+            gradient_checkpointing: false,
         }
+    }
+
+    /// Turns activation checkpointing per decoder layer on or off.
+    pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
+        self.gradient_checkpointing = on;
+        self
     }
 
     /// The model input and labels of rows; segment ids (attention confined to each packed
@@ -199,6 +209,21 @@ impl Objective for SftObjective {
         scale: f64,
         device: &Device,
     ) -> Result<ObjectiveStep> {
+        if self.gradient_checkpointing {
+            let (input, labels) = self.input(batch, true, device)?;
+            let (loss, grads) = crate::loss::checkpointed_lm_loss_backward(
+                model,
+                &input,
+                labels,
+                self.loss_chunk_tokens,
+                scale,
+            )?;
+            return Ok(ObjectiveStep {
+                loss_sum: f64::from(loss.sum.into_scalar::<f32>()),
+                grads,
+                metrics: Vec::new(),
+            });
+        }
         if self.loss_chunk_tokens == 0 {
             let loss = self.loss(model, batch, device)?;
             let loss_sum = f64::from(loss.sum.clone().into_scalar::<f32>());

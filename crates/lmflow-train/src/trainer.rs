@@ -192,7 +192,8 @@ impl Trainer {
         }
         let eval_rows: Option<Vec<PackedBlock>> =
             eval.map(|e| (0..e.len()).map(|i| build_block(e, vec![i])).collect());
-        let objective = SftObjective::new(self.pad_id, cfg.loss_chunk_tokens);
+        let objective = SftObjective::new(self.pad_id, cfg.loss_chunk_tokens)
+            .with_gradient_checkpointing(cfg.gradient_checkpointing);
         self.train_objective(
             model,
             weights,
@@ -268,8 +269,8 @@ impl Trainer {
                 optim.optimizer = optim.optimizer.load_record(record);
             }
             if let Some(l) = &mut lisa {
-                // LISA's layer optimizer restarts, as at any LISA switch.
-                l.resume_at(state.global_step);
+                // Both LISA optimizers, the active layers and the sampler come back.
+                model = crate::checkpoint::resume_lisa(l, model, &ckpt, state.global_step)?;
             }
             resumed_from = Some(ckpt);
         }
@@ -416,7 +417,7 @@ impl Trainer {
                 (window_sum, window_weight) = (0.0, 0.0);
             }
             if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last {
-                let path = self.save_checkpoint(&model, &optim, &state, weights)?;
+                let path = self.save_checkpoint(&model, &optim, lisa.as_ref(), &state, weights)?;
                 on_event(TrainEvent::Saved { path });
             }
         }
@@ -450,6 +451,7 @@ impl Trainer {
         &self,
         model: &CausalLm,
         optim: &BuiltOptimizer,
+        lisa: Option<&Lisa>,
         state: &TrainerState,
         weights: &dyn WeightsIo,
     ) -> Result<PathBuf> {
@@ -469,6 +471,9 @@ impl Trainer {
                 opt_path.display()
             ))
         })?;
+        if let Some(l) = lisa {
+            crate::checkpoint::save_lisa(l, &staging)?;
+        }
         // The state file goes last: a folder without it is never taken for a checkpoint.
         state.save(&staging)?;
         replace_dir_atomic(&staging, &dst)?;
