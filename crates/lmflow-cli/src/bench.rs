@@ -156,6 +156,9 @@ struct TrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Activation checkpointing per decoder layer (as `finetune --gradient-checkpointing`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -293,6 +296,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         block_size: seq,
         resume: false,
         seed: common.seed,
+        gradient_checkpointing: args.gradient_checkpointing,
         ..TrainerConfig::default()
     };
     let (model, weights): (CausalLm, Box<dyn WeightsIo>) = match args.method {
@@ -346,6 +350,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         "batch": batch,
         "seq": seq,
         "steps": args.steps,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "tok_s": tok_s,
         "step_s": step_s,
         "peak_rss_mib": peak_rss_mib(),

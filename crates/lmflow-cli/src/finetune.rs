@@ -40,7 +40,9 @@ pub struct Args {
     /// Chat template for conversation data: `tokenizer` (the model's own) or a preset name.
     #[arg(long, default_value = "tokenizer")]
     template: String,
-    /// Maximum tokens per sample (default: the tokenizer's model_max_length, else 1024).
+    /// Tokens per training row (default: the tokenizer's model_max_length capped at 2048,
+    /// else 1024). Longer `text_only` texts are split into consecutive blocks of this size;
+    /// longer text2text/conversation samples are truncated.
     #[arg(long)]
     block_size: Option<usize>,
     /// Train on prompt tokens too.
@@ -138,6 +140,11 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Activation checkpointing per decoder layer: keep only each layer's input during the
+    /// forward pass and run the layer again in the backward pass (less memory, about a third
+    /// more compute, same results). LLaMA-family models; not with --lora-dropout.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Compute device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
@@ -214,6 +221,9 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     if args.no_resume || args.overwrite_output {
         cfg.resume = false;
     }
+    if args.gradient_checkpointing {
+        cfg.gradient_checkpointing = true;
+    }
     Ok(cfg)
 }
 
@@ -241,6 +251,13 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
         if !(0.0..1.0).contains(&args.lora_dropout) {
             bail!("--lora-dropout {}: must lie in [0, 1)", args.lora_dropout);
         }
+    }
+    if args.gradient_checkpointing && !args.full && args.lora_dropout > 0.0 {
+        bail!(
+            "--gradient-checkpointing with --lora-dropout {}: the layers run twice and would draw \
+             different dropout masks; use --lora-dropout 0",
+            args.lora_dropout
+        );
     }
     if args.lisa_layers == Some(0) {
         bail!("--lisa-layers must be at least 1");
@@ -307,14 +324,25 @@ fn run_identity(args: &Args, cfg: &TrainerConfig) -> anyhow::Result<RunIdentity>
     })
 }
 
-/// Tokenizes a dataset read from `path`, reporting truncation.
+/// How many tokens of a dataset training keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCount {
+    /// Tokens of the tokenized dataset (before any truncation or split).
+    pub total: usize,
+    /// Tokens in the samples kept for training.
+    pub kept: usize,
+}
+
+/// Tokenizes a dataset read from `path`, reporting truncation. `text_only` texts longer than
+/// the block size are split into consecutive blocks (nothing is lost); other types are
+/// truncated to the block size.
 pub fn tokenize_dataset(
     path: &Path,
     dataset: &Dataset,
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
     config: TokenizeConfig,
-) -> anyhow::Result<Vec<TokenizedSample>> {
+) -> anyhow::Result<(Vec<TokenizedSample>, TokenCount)> {
     match dataset.dataset_type {
         DatasetType::TextOnly | DatasetType::Text2Text | DatasetType::Conversation => {}
         other => bail!(
@@ -325,17 +353,37 @@ pub fn tokenize_dataset(
     }
     let encoder = SampleEncoder::new(tokenizer, template, config)?;
     let mut samples = Vec::with_capacity(dataset.len());
-    let (mut truncated, mut lost) = (0usize, 0usize);
+    let (mut truncated, mut lost, mut split) = (0usize, 0usize, 0usize);
+    let mut count = TokenCount::default();
     for (instance, (file, index)) in dataset.instances.iter().zip(&dataset.origins) {
+        if dataset.dataset_type == DatasetType::TextOnly {
+            let blocks = encoder
+                .encode_text_blocks(instance)
+                .with_context(|| format!("{}: instance {index}", file.display()))?;
+            split += usize::from(blocks.len() > 1);
+            // Every block records the length of its whole text.
+            count.total += blocks.first().map_or(0, |b| b.original_len);
+            count.kept += blocks.iter().map(|b| b.len()).sum::<usize>();
+            samples.extend(blocks);
+            continue;
+        }
         let encoded = encoder
             .encode_text(instance)
             .with_context(|| format!("{}: instance {index}", file.display()))?;
         truncated += usize::from(encoded.sample.truncated);
+        count.total += encoded.sample.original_len;
         if encoded.sample.target_lost {
             lost += 1;
             continue;
         }
+        count.kept += encoded.sample.len();
         samples.push(encoded.sample);
+    }
+    if split > 0 {
+        tracing::info!(
+            "{}: {split} texts longer than the block size split into consecutive blocks",
+            path.display()
+        );
     }
     if truncated > 0 {
         tracing::warn!(
@@ -352,7 +400,14 @@ pub fn tokenize_dataset(
     if samples.is_empty() {
         bail!("{}: no trainable samples", path.display());
     }
-    Ok(samples)
+    Ok((samples, count))
+}
+
+/// The default block size: the tokenizer's `model_max_length` (1024 when it has none),
+/// capped at 2048 (Llama-3 and Qwen2.5 tokenizers say 131,072, whose `[seq, seq]` attention
+/// would not fit in memory).
+pub fn default_block_size(model_max_length: Option<usize>) -> usize {
+    model_max_length.unwrap_or(1024).min(2048)
 }
 
 /// Runs `lmflow finetune`.
@@ -379,9 +434,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Every random draw of the run (adapter initialisation, dropout) comes from the backend's
     // generator: seed it so that the same `--seed` gives the same run.
     device.seed(cfg.seed);
-    let pretrained = load_pretrained(&args.model, &device, &LoadOptions::default())?;
-    let tokenizer = pretrained
-        .tokenizer
+    // The loaded model is moved (never cloned) into the trained model: one copy of the
+    // weights for the whole run (a clone would keep the original tensors alive beside the
+    // updated ones, or the f32 weights beside their NF4 copy).
+    let lmflow_models::Pretrained {
+        model: base_model,
+        tokenizer,
+        config: model_config,
+        ..
+    } = if args.qlora {
+        // QLoRA: each linear layer (all but the output head) goes to NF4 as soon as it is
+        // read, so the full-precision model never exists in memory.
+        let nf4 = lmflow_peft::Nf4Config::new();
+        lmflow_models::model::load_pretrained_with_linear_hook(
+            &args.model,
+            &device,
+            &LoadOptions::default(),
+            &mut |path, lin| {
+                if path != "lm_head" {
+                    lin.quantize_nf4(&nf4);
+                }
+            },
+        )?
+    } else {
+        load_pretrained(&args.model, &device, &LoadOptions::default())?
+    };
+    let tokenizer = tokenizer
         .as_ref()
         .with_context(|| format!("{}: no tokenizer.json", args.model.display()))?;
     // Without a template in the tokenizer, `tokenizer` means none (fine for text data); any
@@ -391,11 +469,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Err(_) if args.template == "tokenizer" && tokenizer.chat_template(None).is_none() => None,
         Err(e) => return Err(e).with_context(|| format!("--template {}", args.template)),
     };
-    let context = pretrained.model.max_position_embeddings().max(1);
+    let context = base_model.max_position_embeddings().max(1);
     let block_size = args
         .block_size
-        .or(tokenizer.model_max_length())
-        .unwrap_or(1024)
+        .unwrap_or_else(|| default_block_size(tokenizer.model_max_length()))
         .min(context);
     if let Some(b) = args.block_size
         && b > block_size
@@ -412,7 +489,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..TokenizeConfig::default()
     };
     let train_data = read_dataset(&args.dataset, &ReadOptions::default())?;
-    let train = tokenize_dataset(
+    let (train, train_tokens) = tokenize_dataset(
         &args.dataset,
         &train_data,
         tokenizer,
@@ -424,15 +501,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let eval = match (&args.eval_dataset, &eval_data) {
-        (Some(p), Some(d)) => Some(tokenize_dataset(
-            p,
-            d,
-            tokenizer,
-            template.as_ref(),
-            tok_cfg,
-        )?),
+        (Some(p), Some(d)) => {
+            Some(tokenize_dataset(p, d, tokenizer, template.as_ref(), tok_cfg)?.0)
+        }
         _ => None,
     };
+    tracing::info!(
+        "block size {block_size}; training on {} of {} tokens",
+        train_tokens.kept,
+        train_tokens.total
+    );
+    // QLoRA dequantises each NF4 weight in the forward pass; without checkpointing autodiff
+    // would keep every dequantised (f32) weight until the backward pass. With it, only one
+    // layer's are alive at a time.
+    if args.qlora
+        && !cfg.gradient_checkpointing
+        && args.lora_dropout == 0.0
+        && base_model.layerwise().is_some()
+    {
+        tracing::info!("--qlora: activation checkpointing on (one dequantised layer at a time)");
+        cfg.gradient_checkpointing = true;
+    }
     cfg.packing = train_data.dataset_type == DatasetType::TextOnly && !args.no_packing;
     cfg.block_size = block_size;
     let pad_id = tokenizer
@@ -441,8 +530,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     let (model, weights): (_, Box<dyn WeightsIo>) = if args.full {
-        let io = FullModelWeights::new(pretrained.config.clone(), device.clone());
-        (pretrained.model.clone(), Box::new(io))
+        let io = FullModelWeights::new(model_config, device.clone());
+        (base_model, Box::new(io))
     } else {
         let targets = if args.target_modules == "all-linear" {
             TargetModules::Pattern("all-linear".into())
@@ -460,17 +549,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lora.use_dora = args.use_dora;
         lora.task_type = Some("CAUSAL_LM".into());
         lora.base_model_name_or_path = Some(args.model.display().to_string());
-        let mut base = pretrained.model.clone();
-        if args.qlora {
-            use lmflow_peft::LinearVisitor;
-            let nf4 = lmflow_peft::Nf4Config::new();
-            base.visit_linears_mut(&mut |path, lin| {
-                if path != "lm_head" {
-                    lin.quantize_nf4(&nf4);
-                }
-            });
-        }
-        let (model, report) = get_peft_model(base, &lora, "default")?;
+        let (model, report) = get_peft_model(base_model, &lora, "default")?;
         tracing::info!("LoRA on {} layers", report.adapted.len());
         (
             model,
@@ -562,6 +641,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "method": if args.lisa_layers.is_some() { "lisa" } else if args.full { "full" } else if args.qlora { "qlora" } else { "lora" },
         "steps": outcome.state.global_step,
         "train_samples": train.len(),
+        "block_size": block_size,
+        "train_tokens": train_tokens.total,
+        "train_tokens_kept": train_tokens.kept,
         "train_loss": outcome.last_train_loss,
         "eval_loss_before": eval_before,
         "eval_loss_after": outcome.final_eval_loss,
