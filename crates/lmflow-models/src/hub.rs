@@ -154,8 +154,11 @@ pub fn visit_optional_linear(
 /// `decoder.layers.0...` for OPT).
 pub struct Loader<'a> {
     weights: &'a WeightSource,
-    on_linear: Option<&'a mut dyn FnMut(&str, &mut Linear)>,
+    on_linear: Option<LinearHook<'a>>,
 }
+
+/// A callback given each linear layer (Hub path, layer) as soon as [`Loader`] reads it.
+pub type LinearHook<'a> = &'a mut dyn FnMut(&str, &mut Linear);
 
 impl std::fmt::Debug for Loader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,10 +185,7 @@ impl<'a> Loader<'a> {
     /// A loader that hands every linear layer to `on_linear` (with its Hub path, e.g.
     /// `model.layers.0.self_attn.q_proj`) as soon as it is read, before the next one is: for
     /// example to quantise it, so that the whole model never exists in full precision.
-    pub fn with_linear_hook(
-        weights: &'a WeightSource,
-        on_linear: &'a mut dyn FnMut(&str, &mut Linear),
-    ) -> Self {
+    pub fn with_linear_hook(weights: &'a WeightSource, on_linear: LinearHook<'a>) -> Self {
         Self {
             weights,
             on_linear: Some(on_linear),
