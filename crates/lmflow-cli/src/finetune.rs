@@ -557,7 +557,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     };
 
-    let trainer = Trainer::new(cfg, device.clone(), pad_id)?;
+    let trainer = Trainer::new(cfg, device.clone(), pad_id)?.with_stop_flag(interrupt::install());
     // Everything is loaded and checked: clear an overwritten run and record this one.
     folder.apply()?;
     let eval_before = match &eval {
@@ -610,7 +610,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
         },
-    )?;
+    );
+    let outcome = interrupt::exit_if_interrupted(outcome, &bar)?;
     bar.finish_and_clear();
     // Keep the tokenizer beside the final weights so the folder is self-contained.
     if args.full {
@@ -710,4 +711,62 @@ fn sample_answers(
         .zip(outputs)
         .map(|(q, o)| serde_json::json!({"prompt": q, "answer": o.text.unwrap_or_default().trim()}))
         .collect())
+}
+
+/// Ctrl-C during `lmflow finetune`: the first one asks the trainer to stop after the optimizer
+/// step in progress and to write its checkpoint; the process then exits with code 130. A
+/// second Ctrl-C exits at once (the checkpoints already written are complete, as after a kill).
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use indicatif::ProgressBar;
+    use lmflow_train::TrainError;
+
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+    #[cfg(unix)]
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Only async-signal-safe calls: an atomic swap, write(2) and _exit(2).
+        let first = FLAG.get().is_some_and(|f| !f.swap(true, Ordering::SeqCst));
+        if first {
+            let msg = b"\nCtrl-C: stopping after this step and writing its checkpoint (Ctrl-C again to quit at once)\n";
+            // SAFETY: writes a static buffer to stderr.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        } else {
+            // SAFETY: ends the process without running any Rust code.
+            unsafe { libc::_exit(130) };
+        }
+    }
+
+    /// Installs the SIGINT handler and returns the flag it sets.
+    pub fn install() -> Arc<AtomicBool> {
+        let flag = FLAG
+            .get_or_init(|| Arc::new(AtomicBool::new(false)))
+            .clone();
+        #[cfg(unix)]
+        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+        flag
+    }
+
+    /// The training result, or (after Ctrl-C stopped it) a message and exit code 130.
+    pub fn exit_if_interrupted<T>(
+        result: Result<T, TrainError>,
+        bar: &ProgressBar,
+    ) -> Result<T, TrainError> {
+        if let Err(TrainError::Interrupted { .. }) = &result {
+            bar.finish_and_clear();
+            if let Err(e) = result {
+                eprintln!("{e}");
+            }
+            std::process::exit(130);
+        }
+        result
+    }
 }

@@ -321,3 +321,125 @@ fn eval_on_zero_tokens_is_an_error_not_loss_zero() {
     ]);
     assert_refused(&o, "no token to score");
 }
+
+/// `lmflow finetune` of the bundled model as a child process, for signals.
+fn spawn_finetune(out: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+            &repo("assets/data/capitals/train.json"),
+            "--output",
+            out.to_str().unwrap(),
+            "--samples",
+            "0",
+            "--quiet",
+            "--lora-r",
+            "4",
+        ])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the run has logged its first metrics (training has started).
+fn wait_for_training(out: &Path) {
+    let start = std::time::Instant::now();
+    while !out.join("metrics.jsonl").is_file() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "training did not start within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: sends a signal to our own child process.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly_and_the_run_resumes() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // No periodic checkpoint: the one found after Ctrl-C is the interrupt's.
+    let args = ["--max-steps", "100000", "--save-steps", "1000000"];
+    let child = spawn_finetune(&out, &args);
+    wait_for_training(&out);
+    sigint(&child);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{:?}: {err}", o.status.signal());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("interrupted: stopped after step"), "{err}");
+    let checkpoints: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let ckpt = out.join(&checkpoints[0]);
+    let step: u64 = checkpoints[0]["checkpoint-".len()..].parse().unwrap();
+    assert!(step >= 1);
+    assert!(err.contains(&format!("after step {step}")), "{err}");
+    assert_eq!(
+        read_json(&ckpt.join("trainer_state.json"))["global_step"],
+        step
+    );
+    assert!(ckpt.join("optimizer.bpk").is_file());
+    assert!(
+        !out.join("final").exists(),
+        "an interrupted run has no final/"
+    );
+
+    // The same command resumes from it (here: one more step).
+    let more = (step + 1).to_string();
+    let o = finetune(
+        &out,
+        &[
+            "--lora-r",
+            "4",
+            "--max-steps",
+            &more,
+            "--save-steps",
+            "1000000",
+        ],
+    );
+    assert_ok(&o);
+    assert_eq!(
+        read_json(&out.join(format!("checkpoint-{more}/trainer_state.json")))["global_step"],
+        step + 1
+    );
+    assert!(out.join("final").is_dir());
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = spawn_finetune(&out, &["--max-steps", "100000", "--save-steps", "1"]);
+    wait_for_training(&out);
+    sigint(&child);
+    sigint(&child);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{:?}: {err}", o.status.signal());
+    assert!(!err.contains("panicked"), "{err}");
+    // Whatever was saved before is complete (checkpoints are written atomically).
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") {
+            assert!(
+                out.join(&name).join("trainer_state.json").is_file(),
+                "{name}"
+            );
+        }
+    }
+}

@@ -55,6 +55,17 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// The run was asked to stop (Ctrl-C) and stopped after writing the checkpoint of `step`.
+    #[error(
+        "interrupted: stopped after step {step}; checkpoint {checkpoint} written (run the same \
+         command again to resume from it)"
+    )]
+    Interrupted {
+        /// The last completed optimizer step.
+        step: usize,
+        /// The checkpoint written for it.
+        checkpoint: PathBuf,
+    },
     /// Drawing the loss curve failed.
     #[error("{path}: cannot draw the loss curve: {message}")]
     Plot {

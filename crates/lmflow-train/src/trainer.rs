@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::optim::GradientsAccumulator;
@@ -87,6 +89,8 @@ pub struct Trainer {
     config: TrainerConfig,
     device: Device,
     pad_id: u32,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current optimizer step.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Trainer {
@@ -98,7 +102,20 @@ impl Trainer {
             config,
             device,
             pad_id,
+            stop: None,
         })
+    }
+
+    /// Stops the run cleanly once `flag` is set (a Ctrl-C handler sets it): after the
+    /// optimizer step in progress, a checkpoint of that step is written and
+    /// [`TrainError::Interrupted`] returned; resuming continues from it.
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
     /// The configuration.
@@ -416,9 +433,17 @@ impl Trainer {
                 on_event(TrainEvent::Logged(record));
                 (window_sum, window_weight) = (0.0, 0.0);
             }
-            if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last {
+            // Ctrl-C: stop after this step, with its checkpoint.
+            let stopping = !last && self.stop_requested();
+            if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last || stopping {
                 let path = self.save_checkpoint(&model, &optim, lisa.as_ref(), &state, weights)?;
                 on_event(TrainEvent::Saved { path });
+            }
+            if stopping {
+                return Err(TrainError::Interrupted {
+                    step,
+                    checkpoint: out_dir.join(format!("checkpoint-{step}")),
+                });
             }
         }
 
