@@ -64,6 +64,9 @@ enum Run {
     },
 }
 
+/// How a checkpoint case damages its copy of the base run's output folder.
+type Damage = Box<dyn Fn(&Path)>;
+
 /// Extra check after the command (e.g. an input left untouched).
 type Check = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -2131,7 +2134,7 @@ fn checkpoint_cases(c: &mut Corpus, base: &Path) {
             .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
             .unwrap()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Expect)> = vec![
+    let cases: Vec<(&str, Damage, Expect)> = vec![
         (
             "state-missing",
             Box::new(move |o: &Path| {
