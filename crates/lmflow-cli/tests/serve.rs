@@ -149,7 +149,7 @@ fn chat_answer_and_its_stream_agree() {
     assert!(finish == "stop" || finish == "length", "{finish}");
     let usage = &answer["usage"];
     let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
-    assert!(completion_tokens >= 1 && completion_tokens <= 24);
+    assert!((1..=24).contains(&completion_tokens));
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
     assert_eq!(
         usage["total_tokens"].as_u64().unwrap(),
