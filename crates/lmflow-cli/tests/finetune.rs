@@ -171,9 +171,19 @@ fn finetune_packs_text_only_data_for_continued_pretraining() {
         "--samples",
         "0",
     ]);
-    // 40 paragraphs packed into 256-token rows, two rows per step: far fewer than 20 steps.
+    // 40 paragraphs (those longer than 256 tokens split into consecutive blocks, nothing cut)
+    // packed into 256-token rows, two rows per step: fewer steps than one sample per row.
     let steps = summary["steps"].as_u64().unwrap();
-    assert!(steps < 20, "{steps} steps: samples were not packed");
+    let samples = summary["train_samples"].as_u64().unwrap();
+    assert!(samples >= 40);
+    assert!(2 * steps < samples, "{steps} steps for {samples} samples: not packed");
+    let (total, kept) = (
+        summary["train_tokens"].as_u64().unwrap(),
+        summary["train_tokens_kept"].as_u64().unwrap(),
+    );
+    // Only a lone last token of a split paragraph may be dropped.
+    assert!(kept <= total && kept + 40 >= total, "kept {kept} of {total} tokens");
+    assert_eq!(summary["block_size"].as_u64(), Some(256));
     let (before, after) = eval_losses(&summary);
     assert!(after < before, "eval loss {before} -> {after}");
 }
