@@ -139,6 +139,34 @@ pub fn verify_checkpoint(dir: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Writes LISA's state (both optimizers and the sampled layer sets, see
+/// [`Lisa::save_state`](lmflow_peft::lisa::Lisa::save_state)) into checkpoint folder `dir`.
+pub fn save_lisa(lisa: &lmflow_peft::lisa::Lisa, dir: &Path) -> Result<()> {
+    lisa.save_state(dir)?;
+    Ok(())
+}
+
+/// Restores LISA's state from checkpoint folder `dir` at optimizer step `step`: the active
+/// layers (made trainable in `model`), the sampler and both optimizers' state, so the run
+/// continues exactly. A checkpoint written before LISA's state was saved resumes with fresh
+/// LISA optimizers and a new layer draw (with a warning).
+pub fn resume_lisa<M: burn::module::Module>(
+    lisa: &mut lmflow_peft::lisa::Lisa,
+    model: M,
+    dir: &Path,
+    step: usize,
+) -> Result<M> {
+    if lmflow_peft::lisa::Lisa::has_state(dir) {
+        return Ok(lisa.load_state(model, dir)?);
+    }
+    tracing::warn!(
+        "{}: no LISA state; resuming with fresh LISA optimizers (their moments restart from zero)",
+        dir.display()
+    );
+    lisa.resume_at(step);
+    Ok(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,32 +236,4 @@ mod tests {
         assert!(latest.ends_with("checkpoint-10"));
         assert_eq!(TrainerState::load(&latest).unwrap().global_step, 10);
     }
-}
-
-/// Writes LISA's state (both optimizers and the sampled layer sets, see
-/// [`Lisa::save_state`](lmflow_peft::lisa::Lisa::save_state)) into checkpoint folder `dir`.
-pub fn save_lisa(lisa: &lmflow_peft::lisa::Lisa, dir: &Path) -> Result<()> {
-    lisa.save_state(dir)?;
-    Ok(())
-}
-
-/// Restores LISA's state from checkpoint folder `dir` at optimizer step `step`: the active
-/// layers (made trainable in `model`), the sampler and both optimizers' state, so the run
-/// continues exactly. A checkpoint written before LISA's state was saved resumes with fresh
-/// LISA optimizers and a new layer draw (with a warning).
-pub fn resume_lisa<M: burn::module::Module>(
-    lisa: &mut lmflow_peft::lisa::Lisa,
-    model: M,
-    dir: &Path,
-    step: usize,
-) -> Result<M> {
-    if lmflow_peft::lisa::Lisa::has_state(dir) {
-        return Ok(lisa.load_state(model, dir)?);
-    }
-    tracing::warn!(
-        "{}: no LISA state; resuming with fresh LISA optimizers (their moments restart from zero)",
-        dir.display()
-    );
-    lisa.resume_at(step);
-    Ok(model)
 }
