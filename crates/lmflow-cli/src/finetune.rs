@@ -12,9 +12,10 @@ use lmflow_datasets::{
 use lmflow_models::{LoadOptions, Tokenizer, load_pretrained};
 use lmflow_optim::schedule::ScheduleKind;
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
+use lmflow_train::distributed::{GradientSync, SingleProcess, ThreadGroup};
 use lmflow_train::{
-    DataFingerprint, FullModelWeights, LoraWeights, RunIdentity, StartMode, TrainEvent, Trainer,
-    TrainerConfig, WeightsIo, plan_run_folder,
+    DataFingerprint, FullModelWeights, LoraWeights, RunIdentity, StartMode, TrainEvent,
+    TrainOutcome, Trainer, TrainerConfig, WeightsIo, plan_run_folder,
 };
 
 use crate::device::{DeviceKind, resolve};
@@ -148,6 +149,210 @@ pub struct Args {
     /// Compute device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
+    /// Data parallelism across processes: `mpi` (start with `mpirun`/`srun`, one process per
+    /// GPU; needs a build with `--features mpi`). See docs/distributed.md.
+    #[arg(long, value_enum, default_value_t)]
+    distributed: DistributedKind,
+    /// Data parallelism across the devices of this machine, one thread per device, e.g.
+    /// `cuda:0,cuda:1` (or `cpu,cpu`). `--batch-size` is per device. See docs/distributed.md.
+    #[arg(long, conflicts_with_all = ["distributed", "device"])]
+    devices: Option<String>,
+}
+
+/// `--distributed`: how the ranks of a data-parallel run find each other.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DistributedKind {
+    /// One process (or `--devices` threads).
+    #[default]
+    None,
+    /// MPI processes (`mpirun -np N lmflow finetune --distributed mpi ...`).
+    Mpi,
+}
+
+/// How this run's ranks are launched.
+enum Launch {
+    /// One process on one device.
+    Single(burn::tensor::Device),
+    /// This process is one rank of an MPI job.
+    #[cfg(feature = "mpi")]
+    Mpi(lmflow_train::distributed::MpiSync, burn::tensor::Device),
+    /// One thread per device.
+    Threads(Vec<burn::tensor::Device>),
+}
+
+impl Launch {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        if let Some(list) = &args.devices {
+            let devices = list
+                .split(',')
+                .map(|name| parse_device(name.trim()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(match devices.len() {
+                1 => Launch::Single(devices[0].clone()),
+                _ => Launch::Threads(devices),
+            });
+        }
+        match args.distributed {
+            DistributedKind::None => Ok(Launch::Single(resolve(args.device)?)),
+            #[cfg(feature = "mpi")]
+            DistributedKind::Mpi => {
+                let sync = lmflow_train::distributed::MpiSync::init()?;
+                let device = match args.device {
+                    DeviceKind::Cpu => burn::tensor::Device::flex(),
+                    _ => parse_device(&format!("cuda:{}", sync.local_rank()))?,
+                };
+                Ok(Launch::Mpi(sync, device))
+            }
+            #[cfg(not(feature = "mpi"))]
+            DistributedKind::Mpi => bail!(
+                "this lmflow was built without MPI support; rebuild with `--features mpi` \
+                 (see docs/distributed.md)"
+            ),
+        }
+    }
+
+    fn rank(&self) -> usize {
+        match self {
+            #[cfg(feature = "mpi")]
+            Launch::Mpi(sync, _) => sync.rank(),
+            _ => 0,
+        }
+    }
+
+    fn world_size(&self) -> usize {
+        match self {
+            Launch::Single(_) => 1,
+            #[cfg(feature = "mpi")]
+            Launch::Mpi(sync, _) => sync.world_size(),
+            Launch::Threads(d) => d.len(),
+        }
+    }
+
+    /// The device of rank 0 of this process (where the model is loaded).
+    fn device(&self) -> burn::tensor::Device {
+        match self {
+            Launch::Single(d) => d.clone(),
+            #[cfg(feature = "mpi")]
+            Launch::Mpi(_, d) => d.clone(),
+            Launch::Threads(d) => d[0].clone(),
+        }
+    }
+}
+
+/// A device named in `--devices`: `cpu`, `cuda` or `cuda:N`.
+fn parse_device(name: &str) -> anyhow::Result<burn::tensor::Device> {
+    match name {
+        "cpu" => Ok(burn::tensor::Device::flex()),
+        _ if name == "cuda" || name.starts_with("cuda:") => {
+            let index: usize = match name.strip_prefix("cuda:") {
+                Some(i) => i
+                    .parse()
+                    .with_context(|| format!("--devices: `{name}`: bad device number"))?,
+                None => 0,
+            };
+            #[cfg(feature = "cuda")]
+            {
+                Ok(burn::tensor::Device::cuda(index))
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                let _ = index;
+                bail!(
+                    "--devices {name}: this lmflow was built without CUDA support; rebuild with `--features cuda`"
+                )
+            }
+        }
+        _ => bail!("--devices: unknown device `{name}` (cpu, cuda or cuda:N)"),
+    }
+}
+
+/// What a run trains with: its weights files for a device.
+enum WeightsSpec {
+    Full(lmflow_models::ModelConfig),
+    Lora(Box<LoraConfig>),
+}
+
+impl WeightsSpec {
+    fn io(&self, device: &burn::tensor::Device) -> Box<dyn WeightsIo> {
+        match self {
+            WeightsSpec::Full(c) => Box::new(FullModelWeights::new(c.clone(), device.clone())),
+            WeightsSpec::Lora(l) => {
+                Box::new(LoraWeights::new((**l).clone(), "default", device.clone()))
+            }
+        }
+    }
+}
+
+/// One rank's training: evaluation before, the training loop with its progress bar (rank 0
+/// only), returning the outcome and the evaluation loss before training.
+#[allow(clippy::too_many_arguments)]
+fn train_rank(
+    cfg: TrainerConfig,
+    sync: Box<dyn GradientSync>,
+    device: burn::tensor::Device,
+    pad_id: u32,
+    model: lmflow_models::CausalLm,
+    weights: &dyn WeightsIo,
+    train: &[TokenizedSample],
+    eval: Option<&[TokenizedSample]>,
+    quiet: bool,
+) -> anyhow::Result<(TrainOutcome, Option<f64>)> {
+    let root = sync.is_root();
+    let trainer = Trainer::new(cfg, device, pad_id)?.with_sync(sync);
+    // Ctrl-C stops a single-process run cleanly (ranks would have to agree on the step).
+    let trainer = if trainer.sync().world_size() == 1 {
+        trainer.with_stop_flag(interrupt::install())
+    } else {
+        trainer
+    };
+    let eval_before = match eval {
+        Some(e) => Some(trainer.evaluate(&model, e)?),
+        None => None,
+    };
+    let bar = if quiet || !root {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let outcome = trainer.train(model, weights, train, eval, &mut |event| match event {
+        TrainEvent::Started {
+            total_steps,
+            start_step,
+            resumed_from,
+        } => {
+            bar.set_length(total_steps as u64);
+            bar.set_position(start_step as u64);
+            if let Some(p) = resumed_from {
+                bar.println(format!("resuming from {}", p.display()));
+            }
+        }
+        TrainEvent::Step {
+            step,
+            loss,
+            lr,
+            tokens_per_second,
+        } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
+            ));
+        }
+        TrainEvent::Logged(r) => {
+            if let Some(e) = r.eval_loss {
+                bar.println(format!("step {}: eval loss {e:.4}", r.step));
+            }
+        }
+        TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
+    });
+    let outcome = interrupt::exit_if_interrupted(outcome, &bar)?;
+    bar.finish_and_clear();
+    Ok((outcome, eval_before))
 }
 
 fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
@@ -425,12 +630,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         StartMode::Resume
     };
-    let folder = plan_run_folder(&args.output, &run_identity(&args, &cfg)?, mode)?;
-    for w in folder.warnings() {
+    let launch = Launch::new(&args)?;
+    let root = launch.rank() == 0;
+    let mut identity = run_identity(&args, &cfg)?;
+    identity.world_size = launch.world_size();
+    let folder = plan_run_folder(&args.output, &identity, mode)?;
+    for w in folder.warnings().iter().filter(|_| root) {
         eprintln!("warning: {w}");
     }
     cfg.resume = folder.resume();
-    let device = resolve(args.device)?.autodiff();
+    let plain_device = launch.device();
+    let device = plain_device.clone().autodiff();
     // Every random draw of the run (adapter initialisation, dropout) comes from the backend's
     // generator: seed it so that the same `--seed` gives the same run.
     device.seed(cfg.seed);
@@ -529,9 +739,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .or(tokenizer.eos_token_id())
         .unwrap_or(0);
 
-    let (model, weights): (_, Box<dyn WeightsIo>) = if args.full {
-        let io = FullModelWeights::new(model_config, device.clone());
-        (base_model, Box::new(io))
+    let (model, weights) = if args.full {
+        (base_model, WeightsSpec::Full(model_config))
     } else {
         let targets = if args.target_modules == "all-linear" {
             TargetModules::Pattern("all-linear".into())
@@ -551,68 +760,100 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lora.base_model_name_or_path = Some(args.model.display().to_string());
         let (model, report) = get_peft_model(base_model, &lora, "default")?;
         tracing::info!("LoRA on {} layers", report.adapted.len());
-        (
-            model,
-            Box::new(LoraWeights::new(lora, "default", device.clone())),
-        )
+        (model, WeightsSpec::Lora(Box::new(lora)))
     };
 
-    let trainer = Trainer::new(cfg, device.clone(), pad_id)?.with_stop_flag(interrupt::install());
-    // Everything is loaded and checked: clear an overwritten run and record this one.
-    folder.apply()?;
-    let eval_before = match &eval {
-        Some(e) => Some(trainer.evaluate(&model, e)?),
-        None => None,
-    };
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let outcome = trainer.train(
-        model,
-        weights.as_ref(),
-        &train,
-        eval.as_deref(),
-        &mut |event| match event {
-            TrainEvent::Started {
-                total_steps,
-                start_step,
-                resumed_from,
-            } => {
-                bar.set_length(total_steps as u64);
-                bar.set_position(start_step as u64);
-                if let Some(p) = resumed_from {
-                    bar.println(format!("resuming from {}", p.display()));
+    // Everything is loaded and checked: clear an overwritten run and record this one (rank 0).
+    if root {
+        folder.apply()?;
+    }
+    let (outcome, eval_before) = match launch {
+        Launch::Single(_) => train_rank(
+            cfg,
+            Box::new(SingleProcess),
+            device.clone(),
+            pad_id,
+            model,
+            weights.io(&device).as_ref(),
+            &train,
+            eval.as_deref(),
+            args.quiet,
+        )?,
+        #[cfg(feature = "mpi")]
+        Launch::Mpi(sync, _) => {
+            // The other ranks wait until rank 0 has prepared the output folder.
+            sync.all_reduce_sum_f64(&mut [0.0])?;
+            let result = train_rank(
+                cfg,
+                Box::new(sync),
+                device.clone(),
+                pad_id,
+                model,
+                weights.io(&device).as_ref(),
+                &train,
+                eval.as_deref(),
+                args.quiet,
+            )?;
+            if !root {
+                return Ok(());
+            }
+            result
+        }
+        Launch::Threads(devices) => {
+            use burn::module::Module as _;
+            let ranks = ThreadGroup::new(devices.len());
+            let (cfg, model, weights, train, eval) =
+                (&cfg, &model, &weights, &train, eval.as_deref());
+            let (primary, quiet) = (&device, args.quiet);
+            let results: Vec<anyhow::Result<(TrainOutcome, Option<f64>)>> =
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = ranks
+                        .into_iter()
+                        .zip(devices)
+                        .map(|(rank, dev)| {
+                            s.spawn(move || {
+                                let dev = dev.autodiff();
+                                // Rank 0 trains the loaded model; the others a copy on their
+                                // device (the first step broadcasts rank 0's trainable weights).
+                                let model = if dev == *primary {
+                                    model.clone()
+                                } else {
+                                    model.clone().fork(&dev)
+                                };
+                                train_rank(
+                                    cfg.clone(),
+                                    Box::new(rank),
+                                    dev.clone(),
+                                    pad_id,
+                                    model,
+                                    weights.io(&dev).as_ref(),
+                                    train,
+                                    eval,
+                                    quiet,
+                                )
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(anyhow::anyhow!("a training thread panicked"))
+                            })
+                        })
+                        .collect()
+                });
+            let mut first = None;
+            for (rank, result) in results.into_iter().enumerate() {
+                match result {
+                    Ok(r) if rank == 0 => first = Some(r),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.context(format!("device rank {rank}"))),
                 }
             }
-            TrainEvent::Step {
-                step,
-                loss,
-                lr,
-                tokens_per_second,
-            } => {
-                bar.set_position(step as u64);
-                bar.set_message(format!(
-                    "loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
-                ));
-            }
-            TrainEvent::Logged(r) => {
-                if let Some(e) = r.eval_loss {
-                    bar.println(format!("step {}: eval loss {e:.4}", r.step));
-                }
-            }
-            TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
-        },
-    );
-    let outcome = interrupt::exit_if_interrupted(outcome, &bar)?;
-    bar.finish_and_clear();
+            first.context("no rank 0")?
+        }
+    };
     // Keep the tokenizer beside the final weights so the folder is self-contained.
     if args.full {
         lmflow_models::model::copy_tokenizer_files(&args.model, &outcome.final_dir)?;
@@ -624,7 +865,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             template.as_ref(),
             eval_data.as_ref().unwrap_or(&train_data),
             args.samples,
-            &resolve(args.device)?,
+            &plain_device,
         )?
     } else {
         Vec::new()

@@ -608,28 +608,15 @@ pub fn trainable_layout_hash<M: Module>(model: &M) -> u64 {
 /// Checks that every rank holds the same `value` (a hash, a count, a step), failing with a
 /// message naming `what` and each rank's value otherwise. A collective: every rank calls it.
 pub fn agree(sync: &dyn GradientSync, what: &str, value: u64) -> Result<()> {
-    let world = sync.world_size();
-    if world == 1 {
-        return Ok(());
-    }
-    // An all-gather through a sum: each rank fills its own slots (two exact 32-bit halves).
-    let mut slots = vec![0.0f64; 2 * world];
-    let r = sync.rank();
-    slots[2 * r] = (value >> 32) as f64;
-    slots[2 * r + 1] = (value & 0xffff_ffff) as f64;
-    sync.all_reduce_sum_f64(&mut slots)?;
-    let values: Vec<u64> = slots
-        .chunks(2)
-        .map(|c| ((c[0] as u64) << 32) | (c[1] as u64))
-        .collect();
+    let values = gather_u64(sync, value)?;
     if values.iter().any(|&v| v != values[0]) {
         let list: Vec<String> = values
             .iter()
             .enumerate()
-            .map(|(rank, v)| format!("rank {rank}: {v:#x}"))
+            .map(|(rank, v)| format!("rank {rank}: {v}"))
             .collect();
         return Err(TrainError::Distributed {
-            rank: r,
+            rank: sync.rank(),
             message: format!(
                 "the ranks disagree on {what} ({}); every rank must run the same command on \
                  the same files",
@@ -638,6 +625,30 @@ pub fn agree(sync: &dyn GradientSync, what: &str, value: u64) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Whether every rank holds the same `value` (a collective, like [`agree`], that only reports).
+pub fn same_everywhere(sync: &dyn GradientSync, value: u64) -> Result<bool> {
+    let values = gather_u64(sync, value)?;
+    Ok(values.iter().all(|&v| v == value))
+}
+
+/// Every rank's `value`, in rank order: an all-gather through a sum, each rank filling its own
+/// slots with two exact 32-bit halves.
+fn gather_u64(sync: &dyn GradientSync, value: u64) -> Result<Vec<u64>> {
+    let world = sync.world_size();
+    if world == 1 {
+        return Ok(vec![value]);
+    }
+    let mut slots = vec![0.0f64; 2 * world];
+    let r = sync.rank();
+    slots[2 * r] = (value >> 32) as f64;
+    slots[2 * r + 1] = (value & 0xffff_ffff) as f64;
+    sync.all_reduce_sum_f64(&mut slots)?;
+    Ok(slots
+        .chunks(2)
+        .map(|c| ((c[0] as u64) << 32) | (c[1] as u64))
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,8 +771,8 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(errors[0].contains("the training rows"), "{}", errors[0]);
-        assert!(errors[0].contains("rank 1: 0x8"), "{}", errors[0]);
+        assert!(errors[0].contains("rank 1: 8)"), "{}", errors[0]);
         assert!(errors[0].contains("rank 1 left the group"), "{}", errors[0]);
-        assert!(errors[1].contains("rank 0: 0x7"), "{}", errors[1]);
+        assert!(errors[1].contains("rank 0: 7"), "{}", errors[1]);
     }
 }

@@ -19,6 +19,10 @@ use rand::seq::SliceRandom;
 
 use crate::checkpoint::{TrainerState, latest_checkpoint, replace_dir_atomic};
 use crate::config::TrainerConfig;
+use crate::distributed::{
+    GradientSync, SingleProcess, agree, all_reduce_gradients, broadcast_trainable,
+    micro_batches_per_epoch, rank_seed, same_everywhere, shard_range, trainable_layout_hash,
+};
 use crate::error::{Result, TrainError, io_err};
 use crate::loss::causal_lm_loss;
 use crate::metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
@@ -91,6 +95,7 @@ pub struct Trainer {
     pad_id: u32,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current optimizer step.
     stop: Option<Arc<AtomicBool>>,
+    sync: Box<dyn GradientSync>,
 }
 
 impl Trainer {
@@ -103,7 +108,23 @@ impl Trainer {
             device,
             pad_id,
             stop: None,
+            sync: Box::new(SingleProcess),
         })
+    }
+
+    /// Makes this trainer one rank of a data-parallel run (see [`crate::distributed`]): it
+    /// trains its shard of every step's rows, sums gradients, losses and evaluation sums with
+    /// the other ranks through `sync`, and writes files (checkpoints, metrics, final weights)
+    /// only on rank 0. Every rank must call the same methods with the same data.
+    pub fn with_sync(mut self, sync: Box<dyn GradientSync>) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// The data-parallel group of this trainer ([`SingleProcess`] unless
+    /// [`Trainer::with_sync`] set another).
+    pub fn sync(&self) -> &dyn GradientSync {
+        &*self.sync
     }
 
     /// Stops the run cleanly once `flag` is set (a Ctrl-C handler sets it): after the
@@ -129,6 +150,8 @@ impl Trainer {
     /// [`TrainError::Config`] when `samples` hold no trained token (the mean is undefined).
     pub fn evaluate(&self, model: &CausalLm, samples: &[TokenizedSample]) -> Result<f64> {
         let (mut sum, mut tokens) = (0.0f64, 0usize);
+        // Data-parallel: each rank evaluates its slice; the sums are added up below.
+        let samples = &samples[eval_shard(samples.len(), &*self.sync)];
         for chunk in samples.chunks(self.config.per_device_eval_batch_size) {
             let refs: Vec<&TokenizedSample> = chunk.iter().collect();
             let batch = collate(&refs, self.pad_id, &self.device)?;
@@ -140,10 +163,13 @@ impl Trainer {
             sum += loss.sum.into_scalar::<f32>() as f64;
             tokens += loss.tokens;
         }
-        if tokens == 0 {
+        let mut totals = [sum, tokens as f64];
+        self.sync.all_reduce_sum_f64(&mut totals)?;
+        let [sum, tokens] = totals;
+        if tokens == 0.0 {
             return Err(no_eval_tokens());
         }
-        Ok(sum / tokens as f64)
+        Ok(sum / tokens)
     }
 
     /// The weighted mean loss of `objective` over `items` and the means of its metrics
@@ -159,6 +185,8 @@ impl Trainer {
     ) -> Result<EvalOutcome> {
         let (mut sum, mut weight) = (0.0f64, 0.0f64);
         let mut metrics = MetricWindow::default();
+        // Data-parallel: each rank evaluates its slice; the sums are added up below.
+        let items = &items[eval_shard(items.len(), &*self.sync)];
         for chunk in items.chunks(self.config.per_device_eval_batch_size) {
             let refs: Vec<&O::Item> = chunk.iter().collect();
             weight += refs.iter().map(|i| objective.weight(i)).sum::<f64>();
@@ -166,6 +194,10 @@ impl Trainer {
             sum += s;
             metrics.add(m);
         }
+        let mut totals = [sum, weight];
+        self.sync.all_reduce_sum_f64(&mut totals)?;
+        let [sum, weight] = totals;
+        metrics.all_reduce(&*self.sync)?;
         if weight <= 0.0 {
             return Err(no_eval_tokens());
         }
@@ -245,8 +277,21 @@ impl Trainer {
             ));
         }
         let out_dir = cfg.output_dir.clone();
-        std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
-        let total_steps = cfg.total_steps(train.len());
+        // Data parallelism: rank `rank` of `world` trains its shard of each step's rows; only
+        // rank 0 writes files.
+        let sync = &*self.sync;
+        let (rank, world) = (sync.rank(), sync.world_size());
+        let root = rank == 0;
+        if root {
+            std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+        }
+        agree(
+            sync,
+            "the training rows (count and weights)",
+            items_hash(objective, train),
+        )?;
+        // Steps of the global batch (`world × per-device batch` rows per micro-batch).
+        let total_steps = cfg.total_steps(train.len().div_ceil(world));
         let schedule = cfg.schedule().init(cfg.learning_rate, total_steps)?;
         let mut model = assign_stable_param_ids(model);
         let mut optim = cfg.build_optimizer()?;
@@ -291,19 +336,37 @@ impl Trainer {
             }
             resumed_from = Some(ckpt);
         }
+        agree(sync, "the step to resume from", state.global_step as u64)?;
+        agree(
+            sync,
+            "the trainable parameters (names and shapes)",
+            trainable_layout_hash(&model),
+        )?;
+        if resumed_from.is_none() {
+            // Identical starting weights everywhere, whatever each rank's generator drew.
+            model = broadcast_trainable(model, sync)?;
+        }
         // Dropout masks come from the backend's generator: seed it from the run's seed and the
-        // step the run starts at, so that a run and its repetition draw the same masks.
+        // step the run starts at, so that a run and its repetition draw the same masks (ranks
+        // other than 0 draw their own).
         self.device
-            .seed(cfg.seed.wrapping_add(state.global_step as u64));
-        let mut metrics = MetricsWriter::open(&out_dir.join("metrics.jsonl"))?;
-        metrics.truncate_after(state.global_step)?;
+            .seed(rank_seed(cfg.seed, state.global_step, rank));
+        let mut metrics = match root {
+            true => {
+                let mut m = MetricsWriter::open(&out_dir.join("metrics.jsonl"))?;
+                m.truncate_after(state.global_step)?;
+                Some(m)
+            }
+            false => None,
+        };
         on_event(TrainEvent::Started {
             total_steps,
             start_step: state.global_step,
             resumed_from,
         });
 
-        let micro_per_epoch = train.len().div_ceil(cfg.per_device_train_batch_size);
+        let micro_per_epoch =
+            micro_batches_per_epoch(train.len(), cfg.per_device_train_batch_size, world);
         let mut order = epoch_order(train.len(), cfg.seed, state.epoch);
         let started = Instant::now();
         let mut run_tokens = 0u64;
@@ -324,10 +387,15 @@ impl Trainer {
                         break; // an epoch ends mid-accumulation: step with what we have
                     }
                 }
-                let b = state.batch_in_epoch;
-                let lo = b * cfg.per_device_train_batch_size;
-                let hi = (lo + cfg.per_device_train_batch_size).min(train.len());
-                micro.push(order[lo..hi].iter().map(|&i| &train[i]).collect::<Vec<_>>());
+                // This rank's block of the global micro-batch (possibly empty at an epoch's end).
+                let shard = shard_range(
+                    train.len(),
+                    cfg.per_device_train_batch_size,
+                    world,
+                    rank,
+                    state.batch_in_epoch,
+                );
+                micro.push(order[shard].iter().map(|&i| &train[i]).collect::<Vec<_>>());
                 state.batch_in_epoch += 1;
             }
             let step_tokens: usize = micro
@@ -340,6 +408,11 @@ impl Trainer {
                 .flat_map(|m| m.iter())
                 .map(|item| objective.weight(item))
                 .sum();
+            // Normalise by the weight of the whole global step, summed over the ranks.
+            let mut totals = [step_weight, step_tokens as f64];
+            sync.all_reduce_sum_f64(&mut totals)?;
+            let [step_weight, step_tokens] = totals;
+            let step_tokens = step_tokens as usize;
             if let Some(l) = &mut lisa {
                 model = l.on_step_begin(model);
             }
@@ -348,13 +421,17 @@ impl Trainer {
             // Weighted: the step's loss is the sum over its micro-batches / their total weight.
             let denom = if step_weight > 0.0 { step_weight } else { 1.0 };
             let scale = 1.0 / denom;
-            for items in &micro {
+            for items in micro.iter().filter(|m| !m.is_empty()) {
                 let out = objective.backward(&model, items, scale, &self.device)?;
                 step_sum += out.loss_sum;
                 window_metrics.add(out.metrics);
                 accumulator.accumulate(&model, out.grads);
             }
-            let mut grads = accumulator.grads();
+            // Once per optimizer step, before clipping: sum the ranks' gradients and losses.
+            let mut grads = all_reduce_gradients(&model, accumulator.grads(), sync)?;
+            let mut total = [step_sum];
+            sync.all_reduce_sum_f64(&mut total)?;
+            let [step_sum] = total;
             let grad_norm = if cfg.max_grad_norm > 0.0 {
                 clip_grad_norm(&model, &mut grads, cfg.max_grad_norm, NormType::P(2.0))?
             } else {
@@ -413,6 +490,7 @@ impl Trainer {
             }
             if step % cfg.logging_steps == 0 || last || eval_loss.is_some() {
                 let loss = (window_weight > 0.0).then(|| window_sum / window_weight);
+                window_metrics.all_reduce(sync)?;
                 let mut extra = window_metrics.take();
                 if let Some(e) = &evaluated {
                     extra.extend(e.metrics.iter().map(|(k, v)| (format!("eval_{k}"), *v)));
@@ -429,13 +507,15 @@ impl Trainer {
                     tokens_per_second: Some(tps),
                     extra,
                 };
-                metrics.write(record.clone())?;
+                if let Some(m) = &mut metrics {
+                    m.write(record.clone())?;
+                }
                 on_event(TrainEvent::Logged(record));
                 (window_sum, window_weight) = (0.0, 0.0);
             }
             // Ctrl-C: stop after this step, with its checkpoint.
             let stopping = !last && self.stop_requested();
-            if (cfg.save_steps > 0 && step % cfg.save_steps == 0) || last || stopping {
+            if root && ((cfg.save_steps > 0 && step % cfg.save_steps == 0) || last || stopping) {
                 let path = self.save_checkpoint(&model, &optim, lisa.as_ref(), &state, weights)?;
                 on_event(TrainEvent::Saved { path });
             }
@@ -447,17 +527,19 @@ impl Trainer {
             }
         }
 
-        plot_loss_curve(metrics.records(), &out_dir.join("loss.png"))?;
         // The final weights of a schedule-free run are its averaged (evaluation) point.
         let model = optim.eval_params(model);
         let final_dir = out_dir.join("final");
-        let staging = out_dir.join(".final.tmp");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        if let Some(metrics) = &metrics {
+            plot_loss_curve(metrics.records(), &out_dir.join("loss.png"))?;
+            let staging = out_dir.join(".final.tmp");
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+            }
+            std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+            weights.save(&model, &staging)?;
+            replace_dir_atomic(&staging, &final_dir)?;
         }
-        std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-        weights.save(&model, &staging)?;
-        replace_dir_atomic(&staging, &final_dir)?;
         let final_eval_loss = match (last_eval, eval) {
             (Some(l), _) => Some(l),
             (None, Some(e)) => Some(self.evaluate_objective(objective, &model, e)?.loss),
@@ -530,6 +612,24 @@ impl Trainer {
     }
 }
 
+/// The slice of an evaluation set of `n` items that this rank evaluates (contiguous, by rank).
+fn eval_shard(n: usize, sync: &dyn GradientSync) -> std::ops::Range<usize> {
+    let per = n.div_ceil(sync.world_size());
+    let start = (sync.rank() * per).min(n);
+    start..(start + per).min(n)
+}
+
+/// Hash of the items' count, weights and tokens: equal on ranks that train the same rows.
+fn items_hash<O: Objective>(objective: &O, items: &[O::Item]) -> u64 {
+    use crate::distributed::{FNV_OFFSET, fnv1a};
+    let mut h = fnv1a(FNV_OFFSET, &(items.len() as u64).to_le_bytes());
+    for item in items {
+        h = fnv1a(h, &objective.weight(item).to_bits().to_le_bytes());
+        h = fnv1a(h, &(objective.tokens(item) as u64).to_le_bytes());
+    }
+    h
+}
+
 /// The sample order of `epoch`: a seeded permutation, identical across runs (and resumes).
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -568,6 +668,29 @@ impl MetricWindow {
             e.0 += m.sum;
             e.1 += m.count;
         }
+    }
+
+    /// Sums the window over the ranks of `sync` when they hold the same metric names (else
+    /// each rank keeps its own).
+    fn all_reduce(&mut self, sync: &dyn GradientSync) -> Result<()> {
+        if sync.world_size() == 1 {
+            return Ok(());
+        }
+        let names = self
+            .sums
+            .keys()
+            .fold(crate::distributed::FNV_OFFSET, |h, k| {
+                crate::distributed::fnv1a(h, k.as_bytes())
+            });
+        if !same_everywhere(sync, names)? {
+            return Ok(());
+        }
+        let mut buf: Vec<f64> = self.sums.values().flat_map(|&(s, n)| [s, n]).collect();
+        sync.all_reduce_sum_f64(&mut buf)?;
+        for (v, c) in self.sums.values_mut().zip(buf.chunks(2)) {
+            *v = (c[0], c[1]);
+        }
+        Ok(())
     }
 
     /// The window's means, emptying it.
