@@ -13,7 +13,9 @@ use lmflow_models::{ForwardInput, LoadOptions, Tokenizer, load_pretrained};
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 fn record() -> Value {
@@ -91,14 +93,18 @@ fn logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
     let device = Device::flex();
     let p = load_pretrained(dir, &device, &LoadOptions::default()).unwrap();
     let row: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    let input = Tensor::<2, Int>::from_data(
-        burn::tensor::TensorData::new(row, [1, ids.len()]),
-        &device,
-    );
-    let l = p.model.forward(ForwardInput::new(input), None).unwrap().logits;
+    let input =
+        Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(row, [1, ids.len()]), &device);
+    let l = p
+        .model
+        .forward(ForwardInput::new(input), None)
+        .unwrap()
+        .logits;
     let [_, seq, vocab] = l.dims();
     let v: Vec<f32> = l.into_data().try_to_vec().unwrap();
-    (0..seq).map(|s| v[s * vocab..(s + 1) * vocab].to_vec()).collect()
+    (0..seq)
+        .map(|s| v[s * vocab..(s + 1) * vocab].to_vec())
+        .collect()
 }
 
 #[test]
@@ -150,7 +156,10 @@ fn extended_model_keeps_old_logits_and_encodes_as_transformers() {
         }
         let mean = b.iter().map(|&x| f64::from(x)).sum::<f64>() / 400.0;
         for new in &a[400..] {
-            assert!((f64::from(*new) - mean).abs() < 1e-4, "{new} vs mean {mean}");
+            assert!(
+                (f64::from(*new) - mean).abs() < 1e-4,
+                "{new} vs mean {mean}"
+            );
         }
     }
     // transformers loaded the same folder and saw the same (recorded by the fixture script).
