@@ -176,14 +176,69 @@ fn finetune_packs_text_only_data_for_continued_pretraining() {
     let steps = summary["steps"].as_u64().unwrap();
     let samples = summary["train_samples"].as_u64().unwrap();
     assert!(samples >= 40);
-    assert!(2 * steps < samples, "{steps} steps for {samples} samples: not packed");
+    assert!(
+        2 * steps < samples,
+        "{steps} steps for {samples} samples: not packed"
+    );
     let (total, kept) = (
         summary["train_tokens"].as_u64().unwrap(),
         summary["train_tokens_kept"].as_u64().unwrap(),
     );
     // Only a lone last token of a split paragraph may be dropped.
-    assert!(kept <= total && kept + 40 >= total, "kept {kept} of {total} tokens");
+    assert!(
+        kept <= total && kept + 40 >= total,
+        "kept {kept} of {total} tokens"
+    );
     assert_eq!(summary["block_size"].as_u64(), Some(256));
     let (before, after) = eval_losses(&summary);
     assert!(after < before, "eval loss {before} -> {after}");
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_run() {
+    let run = |extra: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--model".to_string(),
+            repo("assets/tiny-llama"),
+            "--dataset".to_string(),
+            repo("assets/data/capitals/train.json"),
+            "--output".to_string(),
+            out.path().to_str().unwrap().to_string(),
+            "--max-steps".to_string(),
+            "4".to_string(),
+            "--seed".to_string(),
+            "5".to_string(),
+            "--samples".to_string(),
+            "0".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        finetune(&refs)["train_loss"].as_f64().unwrap()
+    };
+    let plain = run(&[]);
+    let checkpointed = run(&["--gradient-checkpointing"]);
+    assert!(
+        (plain - checkpointed).abs() < 1e-4,
+        "train loss {plain} without checkpointing, {checkpointed} with"
+    );
+    // Dropout would draw different masks in the recomputation: refused before any work.
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+        ])
+        .arg(repo("assets/data/capitals/train.json"))
+        .args([
+            "--gradient-checkpointing",
+            "--lora-dropout",
+            "0.1",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--lora-dropout"));
 }
