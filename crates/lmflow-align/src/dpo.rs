@@ -15,8 +15,34 @@ pub enum DpoLossType {
     Sigmoid,
     /// `max(0, 1 - β·h)` (SLiC).
     Hinge,
-    /// `(h - 1/(2β))²` (IPO).
+    /// `(h - 1/(2β))²` (IPO). As TRL, the trainer normalises the log-ratios of IPO by the
+    /// completion length (mean log-probability per token) before forming `h`.
     Ipo,
+    /// Robust DPO (Chowdhury et al. 2024), unbiased under label noise of rate
+    /// `label_smoothing`: `(-(1-ε) log σ(β·h) + ε log σ(-β·h)) / (1 - 2ε)`.
+    Robust,
+}
+
+impl DpoLossType {
+    /// The names accepted on the command line (TRL's `loss_type` values).
+    pub const NAMES: [&'static str; 4] = ["sigmoid", "hinge", "ipo", "robust"];
+}
+
+impl std::str::FromStr for DpoLossType {
+    type Err = AlignError;
+
+    fn from_str(s: &str) -> Result<Self, AlignError> {
+        match s {
+            "sigmoid" => Ok(Self::Sigmoid),
+            "hinge" => Ok(Self::Hinge),
+            "ipo" => Ok(Self::Ipo),
+            "robust" => Ok(Self::Robust),
+            other => Err(AlignError::Config(format!(
+                "unknown DPO loss type `{other}`; one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
 }
 
 /// DPO settings (TRL's `DPOConfig` names and defaults).
@@ -27,7 +53,8 @@ pub struct DpoConfig {
     pub beta: f64,
     /// Loss variant (default sigmoid).
     pub loss_type: DpoLossType,
-    /// Label smoothing of the sigmoid loss, in `[0, 0.5)` (default 0).
+    /// Label smoothing ε of the sigmoid (conservative DPO, as TRL before 1.0) and robust losses,
+    /// in `[0, 0.5)` (default 0).
     pub label_smoothing: f64,
 }
 
@@ -56,9 +83,11 @@ impl DpoConfig {
                 self.label_smoothing
             )));
         }
-        if self.label_smoothing > 0.0 && self.loss_type != DpoLossType::Sigmoid {
+        if self.label_smoothing > 0.0
+            && !matches!(self.loss_type, DpoLossType::Sigmoid | DpoLossType::Robust)
+        {
             return Err(AlignError::Config(
-                "label_smoothing applies to the sigmoid loss only".into(),
+                "label_smoothing applies to the sigmoid and robust losses only".into(),
             ));
         }
         Ok(())
@@ -120,6 +149,14 @@ pub fn dpo_loss(
         }
         DpoLossType::Hinge => relu(h.mul_scalar(-beta).add_scalar(1.0)),
         DpoLossType::Ipo => h.sub_scalar(1.0 / (2.0 * beta)).powi_scalar(2),
+        DpoLossType::Robust => {
+            let ls = config.label_smoothing;
+            let bh = h.mul_scalar(beta);
+            log_sigmoid(bh.clone())
+                .mul_scalar(-(1.0 - ls))
+                .add(log_sigmoid(bh.neg()).mul_scalar(ls))
+                .div_scalar(1.0 - 2.0 * ls)
+        }
     };
     DpoOutput {
         losses,

@@ -6,7 +6,10 @@
 //!
 //! - [`sequence_logprobs`]: per-sequence log-likelihood of the labelled tokens
 //!   (TRL's `get_batch_logps`);
-//! - [`dpo_loss`]: sigmoid (with label smoothing), hinge and IPO losses with implicit rewards;
+//! - [`dpo_loss`]: sigmoid (with label smoothing), hinge, IPO and robust losses with implicit
+//!   rewards;
+//! - [`dpo_trainer`]: DPO as an objective of the shared training loop ([`DpoObjective`],
+//!   [`train_dpo`]), reference log-probabilities precomputed in one pass;
 //! - [`pairwise_reward_loss`]: the Bradley-Terry loss of reward models, with optional margins;
 //! - [`reward_fn`]: reward functions behind one trait ([`RewardFunction`]): closures over the
 //!   text, AFINN / Hu-Liu lexicon sentiment, length and keyword rules, weighted sums;
@@ -15,8 +18,7 @@
 //! - [`raft`]: RAFT, LMFlow's reward-ranked fine-tuning loop ([`Raft`]).
 //!
 //! Preference data comes from `lmflow-datasets` (`paired_conversation`,
-//! `paired_text_to_text`, batched by `collate_pairs`). Trainers for reward models, RAFT and DPO
-//! are not built yet (see `docs/alignment.md`).
+//! `paired_text_to_text`, batched by `collate_pairs`). See `docs/alignment.md`.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -36,6 +38,7 @@
 //! ```
 
 pub mod dpo;
+pub mod dpo_trainer;
 pub mod error;
 pub mod logps;
 pub mod raft;
@@ -44,6 +47,7 @@ pub mod reward_fn;
 pub mod reward_model;
 
 pub use dpo::{DpoConfig, DpoLossType, DpoOutput, dpo_loss};
+pub use dpo_trainer::{DpoObjective, DpoPair, Reference, precompute_reference, train_dpo};
 pub use error::AlignError;
 pub use logps::{SequenceLogprobs, sequence_logprobs};
 pub use raft::{Raft, RaftConfig, RaftPrompt, Selection};
