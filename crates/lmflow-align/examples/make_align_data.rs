@@ -10,9 +10,9 @@
 //! - `preference_train.json`, `preference_eval.json` (`paired_conversation`): a user asks about a
 //!   US state or its capital (`us-states-capitals.json`); both answers share one sentence
 //!   pattern, and the **preferred answer is the one whose opinion words are positive** (AFINN-111
-//!   valence >= 2 and listed in the Hu & Liu positive words) while the rejected one uses negative
-//!   words (valence <= -2, Hu & Liu negative). Train and eval use disjoint states, so the eval
-//!   set is held out. A reward model trained on it learns the rule; its accuracy on the eval set
+//!   valence >= 3 and listed in the Hu & Liu positive words) while the rejected one uses negative
+//!   words (valence <= -3, Hu & Liu negative); 60 words of each polarity are drawn. Train and
+//!   eval use disjoint states, so the eval set is held out. A reward model trained on it learns the rule; its accuracy on the eval set
 //!   measures that.
 //! - `prompts.json` (`text_only`): 200 sentence openings (4 to 7 words) from *Moby-Dick*, for
 //!   RAFT / iterative DPO with the bundled model, which continues English text; with the lexicon
@@ -103,7 +103,7 @@ fn opinion_words(shared: &Path) -> (Vec<String>, Vec<String>) {
             .cloned()
             .collect()
     };
-    (pick(&pos, &|v| v >= 2), pick(&neg, &|v| v <= -2))
+    (pick(&pos, &|v| v >= 3), pick(&neg, &|v| v <= -3))
 }
 
 fn fill(template: &str, state: &str, capital: &str, a: &str, b: &str) -> String {
