@@ -112,6 +112,7 @@ struct AppState {
     adapters: Vec<String>,
     context: usize,
     chat_template: String,
+    max_waiting: usize,
     stats: Arc<Stats>,
     created: u64,
     next_id: AtomicUsize,
@@ -162,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         adapters,
         context,
         chat_template: args.chat_template.clone(),
+        max_waiting: args.max_waiting,
         stats,
         created: unix_time(),
         next_id: AtomicUsize::new(0),
@@ -549,10 +551,12 @@ fn prepare(
         ));
     }
     let n = params.n.unwrap_or(1);
-    if !(1..=128).contains(&n) {
+    let most = state.max_waiting.clamp(1, 128) as i64;
+    if !(1..=most).contains(&n) {
+        // More choices than the queue holds could never be admitted: a 400, not a 429.
         return Err(ApiError::bad(
             "n",
-            format!("n must be in [1, 128], got {n}"),
+            format!("n must be in [1, {most}], got {n}"),
         ));
     }
     let stops = match params.stop {

@@ -494,6 +494,13 @@ fn a_full_queue_answers_429_and_a_disconnect_frees_the_slot() {
     assert_eq!(status, 200, "{answer}");
     let h = wait_for(&server, "idle", |h| h["running"] == 0 && h["waiting"] == 0);
     assert_eq!(h["cancelled"], 1, "{h}");
+    // More choices than the queue can ever hold: a bad request, not "busy".
+    let (status, answer) = post(
+        &completions,
+        &json!({"model": "tiny-llama", "prompt": "Hi", "n": 2, "temperature": 1}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "n");
 }
 
 #[test]
