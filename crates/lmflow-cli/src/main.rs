@@ -13,6 +13,7 @@ mod eval_accuracy;
 mod finetune;
 mod generate;
 mod merge;
+mod reward;
 mod tokenizer;
 mod serve;
 
@@ -44,6 +45,8 @@ enum Command {
     Serve(serve::Args),
     /// Train a byte-level BPE tokenizer, or extend a model's vocabulary.
     Tokenizer(tokenizer::Args),
+    /// Train a reward model on preference data, or score a dataset with one.
+    Reward(reward::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Reward(args) => reward::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {
