@@ -949,6 +949,36 @@ fn safetensors_cases(c: &mut Corpus) {
             Expect::Accept("a sharded checkpoint with relative shard names loads"),
         );
     }
+    // Weights larger than the memory the process may use (4 GiB of BF16 embeddings, 8 GiB once
+    // converted to f32, stored as a sparse file; every case runs under a 6 GiB address-space
+    // limit): refused before any allocation instead of aborting in it.
+    {
+        let m = c.model("st-larger-than-memory");
+        let vocab: u64 = 1 << 24;
+        let mut cfg = config();
+        cfg["vocab_size"] = json!(vocab);
+        write_json(&m.join("config.json"), &cfg);
+        let (mut h, d) = st_split(&full);
+        h.remove("model.embed_tokens.weight");
+        let bytes = st_rebuild(&st_join(&h, &d), |_| {});
+        let (mut h, d) = st_split(&bytes);
+        let big = vocab * 128 * 2;
+        h.insert(
+            "model.embed_tokens.weight".into(),
+            json!({"dtype": "BF16", "shape": [vocab, 128], "data_offsets": [d.len() as u64, d.len() as u64 + big]}),
+        );
+        let head = st_join(&h, &d);
+        let path = m.join("model.safetensors");
+        write(&path, &head);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(head.len() as u64 + big).unwrap();
+        c.add(
+            class,
+            "larger-than-memory",
+            generate(&m, &[]),
+            err(&["GiB"]),
+        );
+    }
     // Pickle is never executed: a folder with only pytorch_model.bin.
     {
         let m = c.model("st-pickle-only");

@@ -107,6 +107,22 @@ pub enum ModelError {
         /// The flat index of the first such element.
         index: usize,
     },
+    /// The weights would not fit in the memory this process may use.
+    #[error(
+        "{path}: the weights take {:.1} GiB as {dtype}, more than the {:.1} GiB of memory this \
+         process can use (RAM + swap, or the address-space limit); use a smaller --dtype, \
+         QLoRA, or a larger machine", *needed as f64 / (1u64 << 30) as f64, *limit as f64 / (1u64 << 30) as f64
+    )]
+    TooLarge {
+        /// The model folder.
+        path: PathBuf,
+        /// Bytes the converted tensors take.
+        needed: u64,
+        /// Bytes available (see `weights::host_memory_limit`).
+        limit: u64,
+        /// The dtype of the loaded tensors.
+        dtype: String,
+    },
     /// The tokenizer files could not be loaded (the error names the file).
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),

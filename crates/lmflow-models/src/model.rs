@@ -566,6 +566,12 @@ pub fn load_pretrained(
     device: &Device,
     opts: &LoadOptions,
 ) -> Result<Pretrained, ModelError> {
+    // A CPU model whose weights cannot fit in memory is refused before anything is allocated
+    // (not in the hooked variant: QLoRA quantises each layer as it is read). `config.json`
+    // is checked first, so its errors come first.
+    ModelConfig::from_dir(dir)?;
+    let dtype = opts.dtype.unwrap_or(FloatDType::F32);
+    crate::weights::check_fits_in_memory(dir, device, dtype)?;
     load_pretrained_with_linear_hook(dir, device, opts, &mut |_, _| {})
 }
 

@@ -221,6 +221,25 @@ impl WeightSource {
         self.dtype
     }
 
+    /// Bytes all tensors take once converted to [`WeightSource::dtype`] (from the headers;
+    /// nothing is read).
+    pub fn loaded_bytes(&self) -> u64 {
+        let size: u64 = match self.dtype {
+            FloatDType::F64 => 8,
+            FloatDType::F16 | FloatDType::BF16 => 2,
+            FloatDType::F32 | FloatDType::Flex32 => 4,
+        };
+        self.shards
+            .iter()
+            .flat_map(|s| s.metadata.tensors().into_values())
+            .map(|info| {
+                info.shape
+                    .iter()
+                    .fold(size, |n, d| n.saturating_mul(*d as u64))
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Whether the checkpoint has a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
@@ -342,6 +361,65 @@ impl WeightSource {
             _ => self.root.join(INDEX_FILE),
         }
     }
+}
+
+/// The most host memory this process can use, in bytes: physical memory plus swap, or the
+/// address-space limit (`ulimit -v`) when lower. `None` when unknown (not Linux).
+pub fn host_memory_limit() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    let total = kib("MemTotal:")?.saturating_add(kib("SwapTotal:").unwrap_or(0));
+    let address_space = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max address space"))?
+                .split_whitespace()
+                .nth(3)?
+                .parse::<u64>()
+                .ok()
+        });
+    Some(address_space.map_or(total, |a| a.min(total)))
+}
+
+/// Refuses, before anything is loaded, a checkpoint whose weights cannot fit in this machine's
+/// memory on a CPU (`flex`) device: the sum of its tensor sizes in `dtype` (from the safetensors
+/// headers, so a damaged or hostile `config.json` or header cannot make the load abort in
+/// allocation) against [`host_memory_limit`]. Other devices are not checked here.
+///
+/// # Errors
+/// [`ModelError::TooLarge`], or the errors of [`WeightSource::open`].
+pub fn check_fits_in_memory(
+    dir: &Path,
+    device: &Device,
+    dtype: FloatDType,
+) -> Result<(), ModelError> {
+    if device.clone().without_autodiff() != Device::flex() {
+        return Ok(());
+    }
+    let Some(limit) = host_memory_limit() else {
+        return Ok(());
+    };
+    let source = WeightSource::open(dir, device, dtype)?;
+    let needed = source.loaded_bytes();
+    if needed > limit {
+        return Err(ModelError::TooLarge {
+            path: dir.to_path_buf(),
+            needed,
+            limit,
+            dtype: format!("{dtype:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a shard name of an index that could leave the model folder: it must be a relative

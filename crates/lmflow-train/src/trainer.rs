@@ -606,7 +606,14 @@ impl Trainer {
         found.sort();
         while found.len() > limit {
             let (_, path) = found.remove(0);
-            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            // Renamed first, so that a run killed while deleting never leaves a partial
+            // `checkpoint-<step>` (a `checkpoint-<step>.old` is ignored and cleared later).
+            let old = path.with_extension("old");
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+            }
+            std::fs::rename(&path, &old).map_err(io_err(&path))?;
+            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
         }
         Ok(())
     }
