@@ -53,8 +53,9 @@ pub use cache::KvCache;
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use model::{
-    CausalDecoder, CausalLm, Family, ForwardInput, ForwardOutput, LoadOptions, MODEL_TYPES,
-    ModelTypeRow, Pretrained, load_pretrained, model_type_row, supported_model_types,
+    CausalDecoder, CausalLm, Family, ForwardInput, ForwardOutput, LayerContext, Layerwise,
+    LoadOptions, MODEL_TYPES, ModelTypeRow, Pretrained, load_pretrained,
+    load_pretrained_with_linear_hook, model_type_row, supported_model_types,
 };
 pub use rope::RopeScaling;
 pub use sequence_classification::{

@@ -44,7 +44,10 @@ pub use config::TrainerConfig;
 pub use error::{Result, TrainError};
 pub use lmflow_datasets::TokenizedSample;
 pub use lora_weights::LoraWeights;
-pub use loss::{IGNORE_INDEX, LossOutput, TokenLogprobs, causal_lm_loss, shifted_token_logprobs};
+pub use loss::{
+    IGNORE_INDEX, LossOutput, TokenLogprobs, causal_lm_loss, checkpointed_lm_loss_backward,
+    shifted_token_logprobs,
+};
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
 pub use run_folder::{DataFingerprint, RunFolderPlan, RunIdentity, StartMode, plan_run_folder};
 pub use stable_ids::assign_stable_param_ids;
