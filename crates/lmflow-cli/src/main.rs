@@ -4,6 +4,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod align;
+mod align_dpo;
 mod bench;
 mod chat;
 mod data;
@@ -14,8 +16,8 @@ mod finetune;
 mod generate;
 mod merge;
 mod reward;
-mod tokenizer;
 mod serve;
+mod tokenizer;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
 #[derive(Parser, Debug)]
@@ -41,12 +43,14 @@ enum Command {
     Merge(merge::Args),
     /// Benchmark training or decoding throughput (one JSON line; see bench/compare.sh).
     Bench(bench::Args),
-    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, LoRA adapters).
-    Serve(serve::Args),
     /// Train a byte-level BPE tokenizer, or extend a model's vocabulary.
     Tokenizer(tokenizer::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, LoRA adapters).
+    Serve(serve::Args),
     /// Train a reward model on preference data, or score a dataset with one.
     Reward(reward::Args),
+    /// Align a model with preference data: `lmflow align dpo ...`.
+    Align(align::Args),
     /// Print the compute devices this build supports.
     Devices,
 }
@@ -89,9 +93,10 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Serve(args) => serve::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Reward(args) => reward::run(args),
+        Command::Align(args) => align::run(args),
         Command::Devices => device::print_devices(),
     };
     match result {

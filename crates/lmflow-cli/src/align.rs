@@ -1,0 +1,23 @@
+//! `lmflow align`: alignment algorithms over the shared training loop (DPO, ...).
+
+/// Arguments of `lmflow align`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: AlignCommand,
+}
+
+/// The alignment algorithms.
+#[derive(clap::Subcommand, Debug)]
+enum AlignCommand {
+    /// Direct Preference Optimization on paired_conversation / paired_text_to_text data
+    /// (LoRA by default; reference log-probabilities precomputed in one pass).
+    Dpo(crate::align_dpo::Args),
+}
+
+/// Runs `lmflow align`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        AlignCommand::Dpo(a) => crate::align_dpo::run(a),
+    }
+}
