@@ -215,7 +215,22 @@ impl Linear {
             None => matmul_t(input, w, bias),
             Some(adapter) => {
                 let base = matmul_t(input.clone(), w.clone(), bias.clone());
-                adapter.apply(input, base, w, bias)
+                let dtype = adapter.lora_a.val().dtype();
+                if dtype == input.dtype() {
+                    return adapter.apply(input, base, w, bias);
+                }
+                // Adapter weights in another dtype than the model (an f32 adapter on a bf16
+                // model): as PEFT, the adapter path runs in the adapter's dtype and the sum is
+                // cast back to the base output's dtype.
+                let out_dtype = base.dtype();
+                adapter
+                    .apply(
+                        input.cast(dtype),
+                        base.cast(dtype),
+                        w.cast(dtype),
+                        bias.map(|b| b.cast(dtype)),
+                    )
+                    .cast(out_dtype)
             }
         }
     }
