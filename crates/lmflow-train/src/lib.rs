@@ -8,6 +8,9 @@
 //!   equal to what `transformers` computes;
 //! - [`objective`]: the [`Objective`] trait that makes the loop of [`Trainer::train_objective`]
 //!   serve every algorithm ([`SftObjective`] here; reward modelling and DPO in `lmflow-align`);
+//! - [`distributed`]: data-parallel training: the [`distributed::GradientSync`] seam the loop
+//!   calls once per optimizer step, ranks as threads ([`distributed::ThreadGroup`]) or MPI
+//!   processes (feature `mpi`), data sharding;
 //! - [`metrics`]: `metrics.jsonl` records and the loss-curve PNG;
 //! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`];
 //! - [`run_folder`]: the run identity (`run.json`) that keeps two runs out of one folder.
