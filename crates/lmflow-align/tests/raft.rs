@@ -16,7 +16,12 @@ fn root() -> PathBuf {
 }
 
 fn load(device: &Device) -> Pretrained {
-    load_pretrained(&root().join("assets/tiny-llama"), device, &LoadOptions::default()).unwrap()
+    load_pretrained(
+        &root().join("assets/tiny-llama"),
+        device,
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn prompts(p: &Pretrained) -> Vec<RaftPrompt> {
@@ -78,7 +83,14 @@ fn raft_raises_the_lexicon_reward_and_keeps_diversity() {
     let reward = LexiconReward::sum(Lexicon::afinn());
     let weights = FullModelWeights::new(pretrained.config.clone(), device.clone());
     let dir = tempfile::tempdir().unwrap();
-    let raft = Raft::new(config(dir.path(), 3), tok, &reward, &weights, device.clone()).unwrap();
+    let raft = Raft::new(
+        config(dir.path(), 3),
+        tok,
+        &reward,
+        &weights,
+        device.clone(),
+    )
+    .unwrap();
 
     // The same evaluation draw (seeded as iteration 1000) before and after.
     let mean = |s: &[lmflow_align::raft::ScoredSample]| {
@@ -132,13 +144,17 @@ fn killed_raft_run_resumes_to_the_same_result() {
 
     let a = tempfile::tempdir().unwrap();
     let raft = Raft::new(small(a.path(), 2), tok, &reward, &weights, device.clone()).unwrap();
-    let straight = raft.run(load(&device).model, &prompts, &mut |_| {}).unwrap();
+    let straight = raft
+        .run(load(&device).model, &prompts, &mut |_| {})
+        .unwrap();
 
     // "Killed" during iteration 2: iteration 1 checkpointed, a half-written fine-tuning folder
     // and a metrics line of the unfinished iteration left behind.
     let b = tempfile::tempdir().unwrap();
     let first = Raft::new(small(b.path(), 1), tok, &reward, &weights, device.clone()).unwrap();
-    first.run(load(&device).model, &prompts, &mut |_| {}).unwrap();
+    first
+        .run(load(&device).model, &prompts, &mut |_| {})
+        .unwrap();
     std::fs::create_dir_all(b.path().join("sft/checkpoint-1")).unwrap();
     let mut metrics = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
     metrics.push_str("{\"iteration\":2,\"partial\":true}\n");

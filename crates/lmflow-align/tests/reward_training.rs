@@ -90,13 +90,9 @@ fn reward_model_learns_the_preference_rule() {
     assert!(metrics.contains("\"accuracy\"") && metrics.contains("eval_accuracy"));
 
     // The final folder is a classifier in the Hub layout and scores as the trained model.
-    let reloaded = load_sequence_classifier(
-        &outcome.final_dir,
-        &plain,
-        &LoadOptions::default(),
-        None,
-    )
-    .unwrap();
+    let reloaded =
+        load_sequence_classifier(&outcome.final_dir, &plain, &LoadOptions::default(), None)
+            .unwrap();
     assert!(!reloaded.new_head);
     let again = pairwise_accuracy(&reloaded.model, &eval, 32, &plain).unwrap();
     assert_eq!(again, after);
@@ -169,5 +165,8 @@ fn lora_reward_model_trains_adapter_and_head() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(files.contains(&"adapter_model.safetensors".to_string()), "{files:?}");
+    assert!(
+        files.contains(&"adapter_model.safetensors".to_string()),
+        "{files:?}"
+    );
 }

@@ -13,11 +13,15 @@ enum AlignCommand {
     /// Direct Preference Optimization on paired_conversation / paired_text_to_text data
     /// (LoRA by default; reference log-probabilities precomputed in one pass).
     Dpo(crate::align_dpo::Args),
+    /// RAFT: sample K responses per prompt, keep the best by reward, fine-tune on them; repeat
+    /// (LMFlow's reward-ranked fine-tuning).
+    Raft(crate::align_raft::Args),
 }
 
 /// Runs `lmflow align`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         AlignCommand::Dpo(a) => crate::align_dpo::run(a),
+        AlignCommand::Raft(a) => crate::align_raft::run(a),
     }
 }
