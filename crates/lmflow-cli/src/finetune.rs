@@ -783,6 +783,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Launch::Mpi(sync, _) => {
             // The other ranks wait until rank 0 has prepared the output folder.
             sync.all_reduce_sum_f64(&mut [0.0])?;
+            let (rank, world) = (sync.rank(), sync.world_size());
             let result = train_rank(
                 cfg,
                 Box::new(sync),
@@ -793,7 +794,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &train,
                 eval.as_deref(),
                 args.quiet,
-            )?;
+            )
+            .map_err(|e| {
+                if world > 1 {
+                    // The other ranks would wait for this one for ever: end the whole job.
+                    eprintln!("error: rank {rank}: {e:#}");
+                    lmflow_train::distributed::abort_world(1)
+                }
+                e
+            })?;
             if !root {
                 return Ok(());
             }

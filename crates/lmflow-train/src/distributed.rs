@@ -44,7 +44,7 @@ use crate::error::{Result, TrainError};
 #[cfg(feature = "mpi")]
 mod mpi_sync;
 #[cfg(feature = "mpi")]
-pub use mpi_sync::MpiSync;
+pub use mpi_sync::{MpiSync, abort_world};
 
 /// Elements of f32 per reduced buffer (a parameter larger than this gets a buffer of its own):
 /// 32 Mi elements = 128 MiB, large enough for full bandwidth, small enough to stage on the host.

@@ -67,6 +67,12 @@ impl MpiSync {
     }
 }
 
+/// Ends every process of the MPI job with `code` (`MPI_Abort`): what a rank that failed must do,
+/// since the others would otherwise wait for it in their next collective for ever.
+pub fn abort_world(code: i32) -> ! {
+    SimpleCommunicator::world().abort(code)
+}
+
 impl GradientSync for MpiSync {
     fn rank(&self) -> usize {
         self.world.rank() as usize
