@@ -10,6 +10,7 @@
 //!   rewards;
 //! - [`dpo_trainer`]: DPO as an objective of the shared training loop ([`DpoObjective`],
 //!   [`train_dpo`]), reference log-probabilities precomputed in one pass;
+//! - [`iterative_dpo`]: iterative DPO (sample, score, pair, DPO; [`run_iterative_dpo`]);
 //! - [`pairwise_reward_loss`]: the Bradley-Terry loss of reward models, with optional margins;
 //! - [`reward_fn`]: reward functions behind one trait ([`RewardFunction`]): closures over the
 //!   text, AFINN / Hu-Liu lexicon sentiment, length and keyword rules, weighted sums;
@@ -40,6 +41,7 @@
 pub mod dpo;
 pub mod dpo_trainer;
 pub mod error;
+pub mod iterative_dpo;
 pub mod logps;
 pub mod raft;
 pub mod reward;
@@ -49,6 +51,7 @@ pub mod reward_model;
 pub use dpo::{DpoConfig, DpoLossType, DpoOutput, dpo_loss};
 pub use dpo_trainer::{DpoObjective, DpoPair, Reference, precompute_reference, train_dpo};
 pub use error::AlignError;
+pub use iterative_dpo::{IterativeDpoConfig, Pairing, run_iterative_dpo};
 pub use logps::{SequenceLogprobs, sequence_logprobs};
 pub use raft::{Raft, RaftConfig, RaftPrompt, Selection};
 pub use reward::pairwise_reward_loss;
