@@ -16,6 +16,9 @@ enum AlignCommand {
     /// RAFT: sample K responses per prompt, keep the best by reward, fine-tune on them; repeat
     /// (LMFlow's reward-ranked fine-tuning).
     Raft(crate::align_raft::Args),
+    /// Iterative DPO: sample K responses per prompt, score, pair (max_min, max_random,
+    /// random), run DPO from the previous iteration's model; repeat.
+    IterativeDpo(crate::align_iterative_dpo::Args),
 }
 
 /// Runs `lmflow align`.
@@ -23,5 +26,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         AlignCommand::Dpo(a) => crate::align_dpo::run(a),
         AlignCommand::Raft(a) => crate::align_raft::run(a),
+        AlignCommand::IterativeDpo(a) => crate::align_iterative_dpo::run(a),
     }
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod align;
 mod align_dpo;
+mod align_iterative_dpo;
 mod align_raft;
 mod bench;
 mod chat;

@@ -87,3 +87,60 @@ fn dpo_refuses_single_sequence_data() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("paired_conversation"), "{err}");
 }
+
+#[test]
+fn iterative_dpo_with_lora_runs_its_iterations_and_writes_the_merged_model() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "align",
+            "iterative-dpo",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--prompts",
+            &repo("assets/data/align/prompts.json"),
+            "--reward",
+            "afinn",
+            "--output-dir",
+            out.path().to_str().unwrap(),
+            "--iterations",
+            "2",
+            "--prompts-per-iteration",
+            "12",
+            "--min-new-tokens",
+            "4",
+            "--max-new-tokens",
+            "12",
+            "--dpo-steps",
+            "3",
+            "--learning-rate",
+            "2e-3",
+            "--lora",
+            "--pairing",
+            "max_random",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log = std::fs::read_to_string(out.path().join("iterations.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["iteration"], i);
+        assert!(r["pairs"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["pair_gap"].as_f64().unwrap() > 0.0, "{r}");
+        // Each iteration's DPO run logged TRL's metrics.
+        let m = read_metrics(&out.path().join(format!("iter-{i:04}/metrics.jsonl"))).unwrap();
+        assert_eq!(m.len(), 3);
+        assert!(m[0].extra.contains_key("rewards/margins"));
+    }
+    assert!(out.path().join("model/model.safetensors").is_file());
+    assert!(out.path().join("model/tokenizer.json").is_file());
+}
