@@ -41,6 +41,7 @@ pub mod hub;
 pub mod input;
 pub mod layer_norm;
 pub mod llama;
+pub mod logprobs;
 pub mod model;
 pub mod norm;
 pub mod opt;

@@ -1,12 +1,12 @@
 //! Causal language-modelling loss: next-token cross-entropy over trained tokens.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 use lmflow_models::CausalLm;
 
-/// Label value of tokens that are not trained (as in PyTorch's `ignore_index` and HF datasets).
-pub const IGNORE_INDEX: i64 = -100;
+pub use lmflow_models::logprobs::{
+    IGNORE_INDEX, TokenLogprobs, aligned_token_logprobs, shifted_token_logprobs,
+};
 
 /// Summed next-token loss of a batch, with the number of trained tokens it covers.
 ///
@@ -50,56 +50,6 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> LossOutput {
     LossOutput {
         sum: token.logprobs.neg().sum(),
         tokens,
-    }
-}
-
-/// Log-probabilities of the next tokens, aligned with `labels[:, 1:]`.
-#[derive(Debug, Clone)]
-pub struct TokenLogprobs {
-    /// `log p(labels[t + 1] | tokens ..= t)` in f32, 0 where the label is ignored.
-    ///
-    /// Shape `[batch, seq - 1]`.
-    pub logprobs: Tensor<2>,
-    /// Whether each position is trained (label not [`IGNORE_INDEX`]), `[batch, seq - 1]`.
-    pub trained: Tensor<2, burn::tensor::Bool>,
-}
-
-/// Next-token log-probabilities of the labelled tokens (f32), the building block of the
-/// cross-entropy loss and of sequence log-likelihoods (reward models, DPO). `None` when the
-/// sequence is shorter than two tokens.
-///
-/// # Shapes
-/// - logits: `[batch, seq, vocab]`
-/// - labels: `[batch, seq]`
-pub fn shifted_token_logprobs(logits: Tensor<3>, labels: Tensor<2, Int>) -> Option<TokenLogprobs> {
-    let [batch, seq, vocab] = logits.dims();
-    if seq < 2 {
-        return None;
-    }
-    let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
-    let targets = labels.slice([0..batch, 1..seq]);
-    Some(aligned_token_logprobs(logits, targets))
-}
-
-/// `log p(targets[b, t] | logits[b, t])` in f32 (0 where the target is [`IGNORE_INDEX`]): the
-/// unshifted core of [`shifted_token_logprobs`].
-///
-/// # Shapes
-/// - logits: `[batch, len, vocab]`
-/// - targets: `[batch, len]`
-pub fn aligned_token_logprobs(logits: Tensor<3>, targets: Tensor<2, Int>) -> TokenLogprobs {
-    let logits = logits.cast(burn::tensor::FloatDType::F32);
-    let trained = targets.clone().not_equal_elem(IGNORE_INDEX);
-    // Ignored positions gather index 0 and are zeroed afterwards.
-    let safe_targets = targets.mask_fill(trained.clone().bool_not(), 0);
-    let logp = log_softmax(logits, 2);
-    let picked = logp
-        .gather(2, safe_targets.unsqueeze_dim::<3>(2))
-        .squeeze_dim::<2>(2)
-        .mask_fill(trained.clone().bool_not(), 0.0);
-    TokenLogprobs {
-        logprobs: picked,
-        trained,
     }
 }
 
