@@ -121,5 +121,8 @@ fn iterative_dpo_raises_the_lexicon_reward() {
     }
     let log = std::fs::read_to_string(dir.path().join("iterations.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 3);
-    assert!(after > before + 0.2, "mean reward {before:.3} -> {after:.3}");
+    assert!(
+        after > before + 0.2,
+        "mean reward {before:.3} -> {after:.3}"
+    );
 }
