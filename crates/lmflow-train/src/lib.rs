@@ -52,8 +52,8 @@ pub use loss::{
     shifted_token_logprobs,
 };
 pub use metrics::{MetricRecord, MetricsWriter, plot_loss_curve};
+pub use objective::{MetricSum, Objective, ObjectiveLoss, ObjectiveStep, SftObjective};
 pub use run_folder::{DataFingerprint, RunFolderPlan, RunIdentity, StartMode, plan_run_folder};
 pub use stable_ids::assign_stable_param_ids;
-pub use objective::{MetricSum, Objective, ObjectiveLoss, ObjectiveStep, SftObjective};
 pub use trainer::{EvalOutcome, TrainEvent, TrainOutcome, Trainer, WeightsIo};
 pub use weights::FullModelWeights;
