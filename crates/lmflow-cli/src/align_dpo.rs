@@ -12,11 +12,11 @@ use lmflow_datasets::{
     read_dataset,
 };
 use lmflow_models::{LoadOptions, Tokenizer, load_pretrained};
-use lmflow_optim::schedule::ScheduleKind;
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
 use lmflow_train::{FullModelWeights, LoraWeights, TrainEvent, Trainer, TrainerConfig, WeightsIo};
 
 use crate::device::{DeviceKind, resolve};
+use crate::train_flags::TrainFlags;
 
 /// Arguments of `lmflow align dpo`.
 #[derive(clap::Args, Debug)]
@@ -40,9 +40,6 @@ pub struct Args {
     /// dropped.
     #[arg(long)]
     ref_model: Option<PathBuf>,
-    /// Trainer settings as JSON (HF TrainingArguments names); flags below override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Chat template for paired_conversation data: `tokenizer` or a preset name.
     #[arg(long, default_value = "tokenizer")]
     template: String,
@@ -74,39 +71,9 @@ pub struct Args {
     /// Comma-separated module names (e.g. `q_proj,v_proj`) or `all-linear`.
     #[arg(long, default_value = "all-linear")]
     target_modules: String,
-    /// Peak learning rate (default 5e-4 with LoRA, 5e-6 full).
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    /// Epochs (default 1).
-    #[arg(long)]
-    epochs: Option<f64>,
-    /// Optimizer steps, overriding epochs.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Pairs per micro-batch.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    /// Learning-rate schedule (linear, cosine, constant, ...).
-    #[arg(long)]
-    lr_scheduler: Option<String>,
-    /// Warmup fraction of the steps.
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
-    /// Shuffling seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Log every this many steps.
-    #[arg(long)]
-    logging_steps: Option<usize>,
-    /// Evaluate every this many steps (0: at the end only).
-    #[arg(long)]
-    eval_steps: Option<usize>,
-    /// Write a checkpoint every this many steps.
-    #[arg(long)]
-    save_steps: Option<usize>,
+    /// Trainer settings (learning rate, epochs, batch, schedule, seed, steps).
+    #[command(flatten)]
+    train: TrainFlags,
     /// Start afresh instead of resuming from the newest checkpoint in the output folder.
     #[arg(long)]
     no_resume: bool,
@@ -119,64 +86,16 @@ pub struct Args {
 }
 
 fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: invalid trainer config", path.display()))?
-        }
-        None => TrainerConfig {
-            learning_rate: if args.full { 5e-6 } else { 5e-4 },
-            num_train_epochs: 1.0,
-            per_device_train_batch_size: 4,
-            per_device_eval_batch_size: 4,
-            logging_steps: 5,
-            save_steps: 100,
-            ..TrainerConfig::default()
-        },
-    };
+    let mut cfg = args.train.trainer_config(TrainerConfig {
+        learning_rate: if args.full { 5e-6 } else { 5e-4 },
+        num_train_epochs: 1.0,
+        per_device_train_batch_size: 4,
+        per_device_eval_batch_size: 4,
+        logging_steps: 5,
+        save_steps: 100,
+        ..TrainerConfig::default()
+    })?;
     cfg.output_dir = args.output_dir.clone();
-    if let Some(v) = args.learning_rate {
-        cfg.learning_rate = v;
-    }
-    if let Some(v) = args.epochs {
-        cfg.num_train_epochs = v;
-    }
-    if args.max_steps.is_some() {
-        cfg.max_steps = args.max_steps;
-    }
-    if let Some(v) = args.batch_size {
-        cfg.per_device_train_batch_size = v;
-        cfg.per_device_eval_batch_size = v;
-    }
-    if let Some(v) = args.grad_accum {
-        cfg.gradient_accumulation_steps = v;
-    }
-    if let Some(v) = &args.lr_scheduler {
-        cfg.lr_scheduler_type = serde_json::from_value(serde_json::Value::String(v.clone()))
-            .with_context(|| {
-                format!(
-                    "unknown --lr-scheduler `{v}`; one of {}",
-                    ScheduleKind::NAMES.join(", ")
-                )
-            })?;
-    }
-    if let Some(v) = args.warmup_ratio {
-        cfg.warmup_ratio = v;
-    }
-    if let Some(v) = args.seed {
-        cfg.seed = v;
-    }
-    if let Some(v) = args.logging_steps {
-        cfg.logging_steps = v;
-    }
-    if let Some(v) = args.eval_steps {
-        cfg.eval_steps = v;
-    }
-    if let Some(v) = args.save_steps {
-        cfg.save_steps = v;
-    }
     if args.no_resume {
         cfg.resume = false;
     }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use lmflow_align::raft::{RaftConfig, RaftPrompt, Selection};
-use lmflow_align::reward_fn::{KeywordReward, LengthReward, Lexicon, LexiconReward};
 use lmflow_align::{
     DpoConfig, DpoLossType, IterativeDpoConfig, Pairing, RewardFunction, run_iterative_dpo,
 };
@@ -15,6 +14,7 @@ use lmflow_models::{LoadOptions, load_pretrained};
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model, merge_and_unload};
 use lmflow_train::{FullModelWeights, LoraWeights, TrainerConfig, WeightsIo};
 
+use crate::align_raft::text_reward;
 use crate::device::{DeviceKind, resolve};
 
 /// Arguments of `lmflow align iterative-dpo`.
@@ -94,27 +94,8 @@ pub struct Args {
 }
 
 fn reward(spec: &str) -> anyhow::Result<Box<dyn RewardFunction>> {
-    Ok(match spec {
-        "afinn" => Box::new(LexiconReward::sum(Lexicon::afinn())),
-        "afinn-per-word" => Box::new(LexiconReward::per_word(Lexicon::afinn())),
-        "hu-liu" => Box::new(LexiconReward::sum(Lexicon::hu_liu())),
-        s if s.starts_with("length:") => {
-            let parts: Vec<&str> = s["length:".len()..].split(':').collect();
-            let [min, max] = parts.as_slice() else {
-                bail!("--reward length:MIN:MAX, got `{s}`");
-            };
-            Box::new(LengthReward::new(min.parse()?, max.parse()?)?)
-        }
-        s if s.starts_with("keywords:") => {
-            let words: Vec<(&str, f64)> = s["keywords:".len()..]
-                .split(',')
-                .map(|w| (w.trim(), 1.0))
-                .collect();
-            Box::new(KeywordReward::new(&words)?)
-        }
-        other => bail!(
-            "unknown --reward `{other}` (afinn, afinn-per-word, hu-liu, length:MIN:MAX, keywords:W,W)"
-        ),
+    text_reward(spec)?.with_context(|| {
+        format!("unknown --reward `{spec}` (afinn, afinn-per-word, hu-liu, length:MIN:MAX, keywords:W,W)")
     })
 }
 

@@ -160,25 +160,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     // Reward.
-    let reward: Box<dyn RewardFunction> = match a.reward.as_str() {
-        "afinn" => Box::new(LexiconReward::sum(Lexicon::afinn())),
-        "afinn-per-word" => Box::new(LexiconReward::per_word(Lexicon::afinn())),
-        "hu-liu" => Box::new(LexiconReward::sum(Lexicon::hu_liu())),
-        spec if spec.starts_with("length:") => {
-            let parts: Vec<&str> = spec["length:".len()..].split(':').collect();
-            let [min, max] = parts.as_slice() else {
-                bail!("--reward length:MIN:MAX, got `{spec}`");
-            };
-            Box::new(LengthReward::new(min.parse()?, max.parse()?)?)
-        }
-        spec if spec.starts_with("keywords:") => {
-            let words: Vec<(&str, f64)> = spec["keywords:".len()..]
-                .split(',')
-                .map(|w| (w.trim(), 1.0))
-                .collect();
-            Box::new(KeywordReward::new(&words)?)
-        }
-        spec if spec.starts_with("model:") => {
+    let reward: Box<dyn RewardFunction> = match (text_reward(&a.reward)?, a.reward.as_str()) {
+        (Some(rule), _) => rule,
+        (None, spec) if spec.starts_with("model:") => {
             let dir = PathBuf::from(&spec["model:".len()..]);
             let rm = load_sequence_classifier(&dir, &plain, &LoadOptions::default(), None)?;
             if rm.new_head {
@@ -210,7 +194,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 plain.clone(),
             )?)
         }
-        other => bail!(
+        (None, other) => bail!(
             "unknown --reward `{other}` (afinn, afinn-per-word, hu-liu, length:MIN:MAX, \
              keywords:W,W, model:DIR)"
         ),
@@ -298,4 +282,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// The rule-based rewards named on the command line (`afinn`, `afinn-per-word`, `hu-liu`,
+/// `length:MIN:MAX`, `keywords:W,W`); `None` for any other spec (e.g. `model:DIR`).
+pub(crate) fn text_reward(spec: &str) -> anyhow::Result<Option<Box<dyn RewardFunction>>> {
+    Ok(Some(match spec {
+        "afinn" => Box::new(LexiconReward::sum(Lexicon::afinn())),
+        "afinn-per-word" => Box::new(LexiconReward::per_word(Lexicon::afinn())),
+        "hu-liu" => Box::new(LexiconReward::sum(Lexicon::hu_liu())),
+        s if s.starts_with("length:") => {
+            let parts: Vec<&str> = s["length:".len()..].split(':').collect();
+            let [min, max] = parts.as_slice() else {
+                bail!("--reward length:MIN:MAX, got `{s}`");
+            };
+            let bound = |v: &str| {
+                v.parse::<usize>()
+                    .with_context(|| format!("--reward `{s}`: `{v}` is not a word count"))
+            };
+            Box::new(LengthReward::new(bound(min)?, bound(max)?)?)
+        }
+        s if s.starts_with("keywords:") => {
+            let words: Vec<(&str, f64)> = s["keywords:".len()..]
+                .split(',')
+                .map(|w| (w.trim(), 1.0))
+                .collect();
+            Box::new(KeywordReward::new(&words)?)
+        }
+        _ => return Ok(None),
+    }))
 }

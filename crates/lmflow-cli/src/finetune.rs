@@ -19,6 +19,7 @@ use lmflow_train::{
 };
 
 use crate::device::{DeviceKind, resolve};
+use crate::train_flags::TrainFlags;
 
 /// Arguments of `lmflow finetune`.
 #[derive(clap::Args, Debug)]
@@ -35,9 +36,6 @@ pub struct Args {
     /// Output folder: adapter (or model) in `final/`, checkpoints, metrics.jsonl, loss.png.
     #[arg(long, default_value = "output")]
     output: PathBuf,
-    /// Trainer settings as JSON (HF TrainingArguments names); flags below override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Chat template for conversation data: `tokenizer` (the model's own) or a preset name.
     #[arg(long, default_value = "tokenizer")]
     template: String,
@@ -92,36 +90,9 @@ pub struct Args {
     /// LoRA+: learning-rate ratio of the B matrices over the A matrices (e.g. 16).
     #[arg(long)]
     lora_plus_ratio: Option<f64>,
-    /// Peak learning rate (default 2e-3 for LoRA, 2e-4 full).
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    /// Epochs (default 3, or the config's).
-    #[arg(long)]
-    epochs: Option<f64>,
-    /// Optimizer steps, overriding epochs.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Samples per micro-batch.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    /// Learning-rate schedule (linear, cosine, constant, ...).
-    #[arg(long)]
-    lr_scheduler: Option<String>,
-    /// Warmup fraction of the steps.
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
-    /// Shuffling seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Evaluate every this many steps (0: at the end only).
-    #[arg(long)]
-    eval_steps: Option<usize>,
-    /// Write a checkpoint every this many steps.
-    #[arg(long)]
-    save_steps: Option<usize>,
+    /// Trainer settings (learning rate, epochs, batch, schedule, seed, steps).
+    #[command(flatten)]
+    train: TrainFlags,
     /// Start afresh instead of resuming: refused when the output folder holds an earlier
     /// run's checkpoints or `final/` (pass --overwrite-output to delete them).
     #[arg(long)]
@@ -356,55 +327,16 @@ fn train_rank(
 }
 
 fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: invalid trainer config", path.display()))?
-        }
-        None => TrainerConfig {
-            learning_rate: if args.full { 2e-4 } else { 2e-3 },
-            num_train_epochs: 3.0,
-            lr_scheduler_type: ScheduleKind::Cosine,
-            warmup_ratio: 0.03,
-            logging_steps: 5,
-            save_steps: 100,
-            ..TrainerConfig::default()
-        },
-    };
+    let mut cfg = args.train.trainer_config(TrainerConfig {
+        learning_rate: if args.full { 2e-4 } else { 2e-3 },
+        num_train_epochs: 3.0,
+        lr_scheduler_type: ScheduleKind::Cosine,
+        warmup_ratio: 0.03,
+        logging_steps: 5,
+        save_steps: 100,
+        ..TrainerConfig::default()
+    })?;
     cfg.output_dir = args.output.clone();
-    if let Some(v) = args.learning_rate {
-        cfg.learning_rate = v;
-    }
-    if let Some(v) = args.epochs {
-        cfg.num_train_epochs = v;
-    }
-    if args.max_steps.is_some() {
-        cfg.max_steps = args.max_steps;
-    }
-    if let Some(v) = args.batch_size {
-        cfg.per_device_train_batch_size = v;
-        cfg.per_device_eval_batch_size = v;
-    }
-    if let Some(v) = args.grad_accum {
-        cfg.gradient_accumulation_steps = v;
-    }
-    if let Some(v) = &args.lr_scheduler {
-        cfg.lr_scheduler_type = serde_json::from_value(serde_json::Value::String(v.clone()))
-            .with_context(|| {
-                format!(
-                    "unknown --lr-scheduler `{v}`; one of {}",
-                    ScheduleKind::NAMES.join(", ")
-                )
-            })?;
-    }
-    if let Some(v) = args.warmup_ratio {
-        cfg.warmup_ratio = v;
-    }
-    if let Some(v) = args.seed {
-        cfg.seed = v;
-    }
     if let Some(name) = &args.optim {
         cfg.optimizer = Some(lmflow_optim::OptimizerConfig::from_value(
             serde_json::json!({ "name": name }),
@@ -416,12 +348,6 @@ fn trainer_config(args: &Args) -> anyhow::Result<TrainerConfig> {
     }
     if args.lora_plus_ratio.is_some() {
         cfg.lora_plus_ratio = args.lora_plus_ratio;
-    }
-    if let Some(v) = args.eval_steps {
-        cfg.eval_steps = v;
-    }
-    if let Some(v) = args.save_steps {
-        cfg.save_steps = v;
     }
     if args.no_resume || args.overwrite_output {
         cfg.resume = false;
@@ -470,17 +396,17 @@ fn validate_args(args: &Args) -> anyhow::Result<()> {
     if args.lisa_layers.is_some() && args.lisa_interval == 0 {
         bail!("--lisa-interval must be at least 1");
     }
-    if args.max_steps == Some(0) {
+    if args.train.max_steps == Some(0) {
         bail!("--max-steps must be at least 1");
     }
-    if let Some(e) = args.epochs
+    if let Some(e) = args.train.epochs
         && !(e.is_finite() && e > 0.0)
     {
         bail!("--epochs {e}: must be a finite, positive number");
     }
     for (flag, value) in [
-        ("--learning-rate", args.learning_rate),
-        ("--warmup-ratio", args.warmup_ratio),
+        ("--learning-rate", args.train.learning_rate),
+        ("--warmup-ratio", args.train.warmup_ratio),
         ("--lora-plus-ratio", args.lora_plus_ratio),
     ] {
         if let Some(v) = value

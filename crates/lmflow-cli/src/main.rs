@@ -20,6 +20,7 @@ mod merge;
 mod reward;
 mod serve;
 mod tokenizer;
+mod train_flags;
 
 /// LMFlow-rs: fine-tune, align and run large language models.
 #[derive(Parser, Debug)]

@@ -27,7 +27,7 @@ fn dpo_raises_held_out_margin_and_accuracy() {
             "--output-dir",
             out.path().to_str().unwrap(),
             "--max-steps",
-            "15",
+            "30",
             "--batch-size",
             "8",
             "--learning-rate",
@@ -45,13 +45,13 @@ fn dpo_raises_held_out_margin_and_accuracy() {
     );
     let summary: serde_json::Value =
         serde_json::from_slice(output.stdout.trim_ascii_end()).unwrap();
-    assert_eq!(summary["steps"], 15);
+    assert_eq!(summary["steps"], 30);
     assert!(out.path().join("final/adapter_model.safetensors").is_file());
     let records = read_metrics(&out.path().join("metrics.jsonl")).unwrap();
     let last = records.last().unwrap();
     let accuracy = last.extra["eval_rewards/accuracies"];
     let margin = last.extra["eval_rewards/margins"];
-    eprintln!("held-out after 15 steps: accuracy {accuracy}, margin {margin}");
+    eprintln!("held-out after 30 steps: accuracy {accuracy}, margin {margin}");
     assert!(accuracy >= 0.8, "held-out reward accuracy {accuracy}");
     assert!(margin > 0.1, "held-out reward margin {margin}");
     assert!(last.eval_loss.unwrap() < 2f64.ln() - 0.05, "{last:?}");
