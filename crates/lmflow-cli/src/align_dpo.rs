@@ -164,6 +164,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dpo.validate()?;
     let cfg = trainer_config(&args)?;
     let device = resolve(args.device)?.autodiff();
+    // Every random draw (adapter or head initialisation, dropout) comes from the backend's
+    // generator: seed it so that the same seed gives the same run.
+    device.seed(cfg.seed);
     let pretrained = load_pretrained(&args.model, &device, &LoadOptions::default())?;
     let tokenizer = pretrained
         .tokenizer

@@ -102,6 +102,9 @@ fn reward(spec: &str) -> anyhow::Result<Box<dyn RewardFunction>> {
 /// Runs `lmflow align iterative-dpo`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = resolve(a.device)?.autodiff();
+    // Every random draw (adapter or head initialisation, dropout) comes from the backend's
+    // generator: seed it so that the same seed gives the same run.
+    device.seed(a.seed);
     let pretrained = load_pretrained(&a.model, &device, &LoadOptions::default())?;
     let tok = pretrained
         .tokenizer

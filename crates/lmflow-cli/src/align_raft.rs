@@ -109,6 +109,9 @@ pub struct Args {
 /// Runs `lmflow align raft`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = resolve(a.device)?.autodiff();
+    // Every random draw (adapter or head initialisation, dropout) comes from the backend's
+    // generator: seed it so that the same seed gives the same run.
+    device.seed(a.seed);
     let plain = device.clone().inner();
     let pretrained = load_pretrained(&a.model, &device, &LoadOptions::default())?;
     let tok = pretrained

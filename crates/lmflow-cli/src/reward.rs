@@ -168,6 +168,9 @@ fn read_pairs(
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     let device = resolve(a.device)?.autodiff();
+    // Every random draw (adapter or head initialisation, dropout) comes from the backend's
+    // generator: seed it so that the same seed gives the same run.
+    device.seed(a.seed);
     let plain = device.clone().inner();
     let loaded = load_sequence_classifier(&a.model, &device, &LoadOptions::default(), Some(1))?;
     let tok = tokenizer_of(&a.model, loaded.tokenizer.clone())?;
