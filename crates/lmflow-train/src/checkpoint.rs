@@ -194,6 +194,7 @@ mod tests {
         .unwrap();
         let err = verify_checkpoint(&c).unwrap_err();
         assert!(err.contains("weights"), "{err}");
+        std::fs::create_dir_all(c.join("weights")).unwrap();
         let data = burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]);
         lmflow_models::save_safetensors(
             &c.join("weights/adapter_model.safetensors"),

@@ -552,12 +552,22 @@ mod tests {
         }
     }
 
+    /// A checkpoint folder that passes `verify_checkpoint`: trainer state and one finite
+    /// weights file.
     fn fake_checkpoint(dir: &Path, step: usize) {
+        let checkpoint = dir.join(format!("checkpoint-{step}"));
         crate::TrainerState {
             global_step: step,
             ..Default::default()
         }
-        .save(&dir.join(format!("checkpoint-{step}")))
+        .save(&checkpoint)
+        .unwrap();
+        std::fs::create_dir_all(checkpoint.join("weights")).unwrap();
+        let data = burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]);
+        lmflow_models::save_safetensors(
+            &checkpoint.join("weights/adapter_model.safetensors"),
+            &[("a".to_string(), data)],
+        )
         .unwrap();
     }
 
