@@ -17,7 +17,8 @@
 //!     RewardSample::new("The food", " was good, really great."),
 //!     RewardSample::new("The food", " was bad."),
 //! ];
-//! assert_eq!(sentiment.score(&samples)?, vec![5.0, -3.0]);
+//! // AFINN-111: good +3, great +3; bad -3.
+//! assert_eq!(sentiment.score(&samples)?, vec![6.0, -3.0]);
 //! let short = text_reward("short", |_prompt, response| -(response.len() as f64));
 //! assert_eq!(short.score(&samples[1..])?, vec![-9.0]);
 //! # Ok::<(), lmflow_align::AlignError>(())
