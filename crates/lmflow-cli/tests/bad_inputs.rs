@@ -2611,7 +2611,7 @@ fn bad_input_corpus() {
         .max_by(|a, b| a.3.total_cmp(&b.3))
         .map(|r| format!("{} {:.1}s", corpus.cases[r.0].name, r.3))
         .unwrap_or_default();
-    println!(
+    let summary = format!(
         "{} cases: {} clear errors, {} documented accepts, {} panics, {} aborts, {} timeouts, \
          {} silent successes, {} unclear errors, {} unexpected errors, {} failed checks \
          ({:.0}s on {threads} threads after {:.0}s of setup; slowest: {slowest})",
@@ -2628,7 +2628,14 @@ fn bad_input_corpus() {
         started.elapsed().as_secs_f64(),
         corpus.setup,
     );
-    println!("by class: {by_class:?}");
+    // Written to the process's stderr itself, not through `println!` (which the test harness
+    // captures), so that CI's log shows the counts of every run.
+    {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "bad-input corpus: {summary}");
+        let _ = writeln!(err, "bad-input corpus by class: {by_class:?}");
+    }
     assert!(
         failures.is_empty(),
         "{} failing cases:\n{}",
