@@ -435,23 +435,7 @@ impl CausalLm {
     /// Adapters in [`Linear`] layers are not merged here; merge them first to save a plain
     /// model.
     pub fn save(&self, dir: &Path, config: &ModelConfig) -> Result<(), ModelError> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let tensors = self.state_dict();
-        let dtype = tensors
-            .first()
-            .map(|(_, t)| match t.dtype() {
-                burn::tensor::DType::BF16 => "bfloat16",
-                burn::tensor::DType::F16 => "float16",
-                burn::tensor::DType::F64 => "float64",
-                _ => "float32",
-            })
-            .unwrap_or("float32");
-        save_safetensors(&dir.join(SINGLE_FILE), &tensors)?;
-        // A single file replaces any shards of an earlier save into the same folder.
-        let index = dir.join(crate::weights::INDEX_FILE);
-        if index.is_file() {
-            std::fs::remove_file(&index).map_err(|e| ModelError::io(&index, e))?;
-        }
+        let dtype = write_single_file(dir, &self.state_dict())?;
         let mut config = config.clone();
         let key = if config.raw.contains_key("torch_dtype") {
             "torch_dtype"
@@ -461,6 +445,31 @@ impl CausalLm {
         config.set(key, serde_json::Value::String(dtype.to_string()));
         config.save(dir)
     }
+}
+
+/// Writes `tensors` as `dir/model.safetensors` (creating `dir`; a single file replaces any
+/// shards of an earlier save into the same folder) and returns the Hub name of their dtype
+/// (`float32`, `bfloat16`, ...) for the config. Shared by every model folder writer.
+pub(crate) fn write_single_file(
+    dir: &Path,
+    tensors: &[(String, TensorData)],
+) -> Result<&'static str, ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let dtype = tensors
+        .first()
+        .map(|(_, t)| match t.dtype() {
+            burn::tensor::DType::BF16 => "bfloat16",
+            burn::tensor::DType::F16 => "float16",
+            burn::tensor::DType::F64 => "float64",
+            _ => "float32",
+        })
+        .unwrap_or("float32");
+    save_safetensors(&dir.join(SINGLE_FILE), tensors)?;
+    let index = dir.join(crate::weights::INDEX_FILE);
+    if index.is_file() {
+        std::fs::remove_file(&index).map_err(|e| ModelError::io(&index, e))?;
+    }
+    Ok(dtype)
 }
 
 impl HubModule for CausalLm {

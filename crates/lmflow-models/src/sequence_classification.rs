@@ -51,7 +51,7 @@ use crate::hub::{
 };
 use crate::model::{CausalLm, ForwardInput, LoadOptions, copy_tokenizer_files, model_type_row};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{INDEX_FILE, SINGLE_FILE, WeightSource, save_safetensors};
+use crate::weights::{SINGLE_FILE, WeightSource};
 
 /// Module path (and tensor prefix) of the classification head.
 pub const SCORE: &str = "score";
@@ -344,22 +344,7 @@ impl SequenceClassifier {
     ///
     /// Adapters are not merged here; merge them first to save a plain model.
     pub fn save(&self, dir: &Path, config: &ModelConfig) -> Result<(), ModelError> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let tensors = self.state_dict();
-        let dtype = tensors
-            .first()
-            .map(|(_, t)| match t.dtype() {
-                burn::tensor::DType::BF16 => "bfloat16",
-                burn::tensor::DType::F16 => "float16",
-                burn::tensor::DType::F64 => "float64",
-                _ => "float32",
-            })
-            .unwrap_or("float32");
-        save_safetensors(&dir.join(SINGLE_FILE), &tensors)?;
-        let index = dir.join(INDEX_FILE);
-        if index.is_file() {
-            std::fs::remove_file(&index).map_err(|e| ModelError::io(&index, e))?;
-        }
+        let dtype = crate::model::write_single_file(dir, &self.state_dict())?;
         self.hub_config(config, dtype).save(dir)
     }
 }
