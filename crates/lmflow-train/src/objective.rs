@@ -17,6 +17,7 @@
 //! over all its micro-batches whatever their sizes (as HF's Trainer with
 //! `num_items_in_batch`).
 
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use lmflow_datasets::batch::collate_packed;
@@ -72,10 +73,13 @@ pub struct ObjectiveStep {
 
 /// What the shared training loop minimises: the loss and logged metrics of a micro-batch.
 ///
+/// `M` is the model the loop trains: a [`CausalLm`] by default; an objective over another
+/// Burn module (e.g. a vision-language model) implements `Objective<ThatModule>`.
+///
 /// Implement [`Objective::weight`], [`Objective::tokens`] and [`Objective::loss`]; override
 /// [`Objective::backward`] only to differentiate in pieces (as [`SftObjective`] does with
 /// chunked cross-entropy) and [`Objective::evaluate`] to evaluate differently from training.
-pub trait Objective {
+pub trait Objective<M: Module = CausalLm> {
     /// One training example: a token row, a preference pair, ...
     type Item;
 
@@ -89,7 +93,7 @@ pub trait Objective {
     /// lives on an autodiff `device`.
     fn loss(
         &self,
-        model: &CausalLm,
+        model: &M,
         batch: &[&Self::Item],
         device: &Device,
     ) -> Result<ObjectiveLoss>;
@@ -98,7 +102,7 @@ pub trait Objective {
     /// differentiates [`Objective::loss`] in one `backward()`.
     fn backward(
         &self,
-        model: &CausalLm,
+        model: &M,
         batch: &[&Self::Item],
         scale: f64,
         device: &Device,
@@ -117,7 +121,7 @@ pub trait Objective {
     /// [`Objective::loss`].
     fn evaluate(
         &self,
-        model: &CausalLm,
+        model: &M,
         batch: &[&Self::Item],
         device: &Device,
     ) -> Result<(f64, Vec<MetricSum>)> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 use lmflow_models::{CausalLm, ForwardInput};
@@ -34,11 +35,14 @@ use lmflow_datasets::packing::{PackedBlock, build_block, pack_best_fit};
 
 /// How a run writes and reads back the weights it trains (an adapter folder for PEFT runs, a
 /// Hub-layout model folder for full fine-tuning).
-pub trait WeightsIo {
+///
+/// `M` is the trained model type: a [`CausalLm`] unless a run trains another module (e.g. a
+/// vision-language model).
+pub trait WeightsIo<M = CausalLm> {
     /// Writes the trained weights of `model` into folder `dir` (which exists).
-    fn save(&self, model: &CausalLm, dir: &Path) -> Result<()>;
+    fn save(&self, model: &M, dir: &Path) -> Result<()>;
     /// Restores the trained weights saved by [`WeightsIo::save`] in `dir` into `model`.
-    fn load(&self, model: CausalLm, dir: &Path) -> Result<CausalLm>;
+    fn load(&self, model: M, dir: &Path) -> Result<M>;
 }
 
 /// What the trainer reports while it runs (for progress bars and logs).
@@ -73,11 +77,12 @@ pub enum TrainEvent {
     },
 }
 
-/// The result of [`Trainer::train`].
+/// The result of [`Trainer::train`] (and of [`Trainer::train_objective`], whose model type
+/// `M` may be another module than [`CausalLm`]).
 #[derive(Debug)]
-pub struct TrainOutcome {
+pub struct TrainOutcome<M = CausalLm> {
     /// The trained model.
-    pub model: CausalLm,
+    pub model: M,
     /// Final trainer state.
     pub state: TrainerState,
     /// Mean training loss of the last logged window.
@@ -177,10 +182,10 @@ impl Trainer {
     ///
     /// # Errors
     /// [`TrainError::Config`] when the items weigh nothing (the mean is undefined).
-    pub fn evaluate_objective<O: Objective>(
+    pub fn evaluate_objective<M: Module, O: Objective<M>>(
         &self,
         objective: &O,
-        model: &CausalLm,
+        model: &M,
         items: &[O::Item],
     ) -> Result<EvalOutcome> {
         let (mut sum, mut weight) = (0.0f64, 0.0f64);
@@ -258,15 +263,18 @@ impl Trainer {
     /// `objective`'s weighted mean loss per optimizer step, evaluating on `eval` when given,
     /// logging the objective's metrics and resuming from the newest checkpoint when `resume`
     /// is set.
-    pub fn train_objective<O: Objective>(
+    ///
+    /// `model` is usually a [`CausalLm`]; any Burn module `M` works with an objective and a
+    /// [`WeightsIo`] for it (a vision-language model, ...).
+    pub fn train_objective<M: Module, O: Objective<M>>(
         &self,
-        model: CausalLm,
-        weights: &dyn WeightsIo,
+        model: M,
+        weights: &dyn WeightsIo<M>,
         objective: &O,
         train: &[O::Item],
         eval: Option<&[O::Item]>,
         on_event: &mut dyn FnMut(TrainEvent),
-    ) -> Result<TrainOutcome> {
+    ) -> Result<TrainOutcome<M>> {
         let cfg = &self.config;
         if train.is_empty() {
             return Err(TrainError::Config("the training set is empty".into()));
@@ -416,7 +424,7 @@ impl Trainer {
             if let Some(l) = &mut lisa {
                 model = l.on_step_begin(model);
             }
-            let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+            let mut accumulator = GradientsAccumulator::<M>::new();
             let mut step_sum = 0.0f64;
             // Weighted: the step's loss is the sum over its micro-batches / their total weight.
             let denom = if step_weight > 0.0 { step_weight } else { 1.0 };
@@ -554,13 +562,13 @@ impl Trainer {
         })
     }
 
-    fn save_checkpoint(
+    fn save_checkpoint<M: Module>(
         &self,
-        model: &CausalLm,
+        model: &M,
         optim: &BuiltOptimizer,
         lisa: Option<&Lisa>,
         state: &TrainerState,
-        weights: &dyn WeightsIo,
+        weights: &dyn WeightsIo<M>,
     ) -> Result<PathBuf> {
         let out_dir = &self.config.output_dir;
         let dst = out_dir.join(format!("checkpoint-{}", state.global_step));
@@ -627,7 +635,7 @@ fn eval_shard(n: usize, sync: &dyn GradientSync) -> std::ops::Range<usize> {
 }
 
 /// Hash of the items' count, weights and tokens: equal on ranks that train the same rows.
-fn items_hash<O: Objective>(objective: &O, items: &[O::Item]) -> u64 {
+fn items_hash<M: Module, O: Objective<M>>(objective: &O, items: &[O::Item]) -> u64 {
     use crate::distributed::{FNV_OFFSET, fnv1a};
     let mut h = fnv1a(FNV_OFFSET, &(items.len() as u64).to_le_bytes());
     for item in items {
