@@ -91,12 +91,7 @@ pub trait Objective<M: Module = CausalLm> {
 
     /// The weighted loss sum and metrics of a micro-batch (`batch` is never empty). `model`
     /// lives on an autodiff `device`.
-    fn loss(
-        &self,
-        model: &M,
-        batch: &[&Self::Item],
-        device: &Device,
-    ) -> Result<ObjectiveLoss>;
+    fn loss(&self, model: &M, batch: &[&Self::Item], device: &Device) -> Result<ObjectiveLoss>;
 
     /// The loss of a micro-batch and the gradients of `scale × loss sum`. The default
     /// differentiates [`Objective::loss`] in one `backward()`.
