@@ -650,6 +650,33 @@ impl LlamaModel {
     }
 }
 
+impl LlamaModel {
+    /// The input's `inputs_embeds` when given (checked to be `[batch, seq, hidden]`), else the
+    /// token embeddings of its `input_ids`.
+    ///
+    /// # Shapes
+    /// - input_ids `[batch, seq]` -> `[batch, seq, hidden]`
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for `inputs_embeds` of another shape.
+    pub fn input_embeddings(&self, input: &ForwardInput) -> Result<Tensor<3>, ModelError> {
+        match &input.inputs_embeds {
+            Some(embeds) => {
+                let [b, s] = input.input_ids.dims();
+                let want = [b, s, self.config.hidden_size];
+                if embeds.dims() != want {
+                    return Err(ModelError::Input(format!(
+                        "inputs_embeds has shape {:?}, expected {want:?} ([batch, seq, hidden])",
+                        embeds.dims()
+                    )));
+                }
+                Ok(embeds.clone())
+            }
+            None => Ok(self.embed_tokens.forward(input.input_ids.clone())),
+        }
+    }
+}
+
 /// One attention bias per distinct sliding window.
 type WindowBiases = Vec<(Option<usize>, Option<Tensor<4>>)>;
 
@@ -690,7 +717,7 @@ impl Layerwise for LlamaModel {
                     .and_then(|(_, bias)| bias.clone())
             })
             .collect();
-        let x = self.embed_tokens.forward(input.input_ids.clone());
+        let x = self.input_embeddings(input)?;
         Ok((x, LayerContext { cos, sin, biases }))
     }
 
@@ -724,7 +751,7 @@ impl CausalDecoder for LlamaModel {
         let past = cache.as_ref().map_or(0, |c| c.len());
         check_input(input, self.config.vocab_size, past)?;
         let (cos, sin, biases) = self.pass_constants(input, past)?;
-        let mut x = self.embed_tokens.forward(input.input_ids.clone());
+        let mut x = self.input_embeddings(input)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let w = layer.self_attn.sliding_window;
             let bias = biases

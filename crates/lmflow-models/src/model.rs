@@ -214,6 +214,11 @@ pub struct ForwardInput {
     /// `[batch, seq]` packed sample ids: tokens attend only to earlier tokens with the same id
     /// (no cache). Combine with `position_ids` restarting at each sample.
     pub segment_ids: Option<Tensor<2, Int>>,
+    /// `[batch, seq, hidden]` input embeddings used instead of looking `input_ids` up in the
+    /// token embedding (multimodal models: image features in place of image tokens). `input_ids`
+    /// are still required (they give the shapes and are checked against the vocabulary).
+    /// LLaMA family only; the other architectures refuse it.
+    pub inputs_embeds: Option<Tensor<3>>,
 }
 
 impl ForwardInput {
@@ -224,6 +229,7 @@ impl ForwardInput {
             attention_mask: self.attention_mask.clone().map(Tensor::inner),
             position_ids: self.position_ids.clone().map(Tensor::inner),
             segment_ids: self.segment_ids.clone().map(Tensor::inner),
+            inputs_embeds: self.inputs_embeds.clone().map(Tensor::inner),
         }
     }
 
@@ -234,6 +240,7 @@ impl ForwardInput {
             attention_mask: None,
             position_ids: None,
             segment_ids: None,
+            inputs_embeds: None,
         }
     }
 
@@ -252,6 +259,12 @@ impl ForwardInput {
     /// Adds packed segment ids `[batch, seq]`.
     pub fn with_segment_ids(mut self, segments: Tensor<2, Int>) -> Self {
         self.segment_ids = Some(segments);
+        self
+    }
+
+    /// Uses `embeds` `[batch, seq, hidden]` instead of the token embedding of `input_ids`.
+    pub fn with_inputs_embeds(mut self, embeds: Tensor<3>) -> Self {
+        self.inputs_embeds = Some(embeds);
         self
     }
 }
@@ -377,6 +390,12 @@ impl CausalLm {
         input: &ForwardInput,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
+        if input.inputs_embeds.is_some() && !matches!(self, Self::Llama(_)) {
+            return Err(ModelError::Input(format!(
+                "inputs_embeds is supported by the LLaMA family only, not by `{}`",
+                self.model_type()
+            )));
+        }
         self.decoder().forward_hidden(input, cache)
     }
 
