@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use burn::tensor::Device;
-use lmflow_models::CausalLm;
 use lmflow_peft::inject::delete_adapter;
 use lmflow_peft::trainable::set_trainable_by_path;
-use lmflow_peft::{LoraConfig, load_adapter, save_adapter};
+use lmflow_peft::{LinearVisitor, LoraConfig, load_adapter, save_adapter};
 
 use crate::error::Result;
 use crate::trainer::WeightsIo;
@@ -30,15 +30,17 @@ impl LoraWeights {
     }
 }
 
-impl WeightsIo for LoraWeights {
-    fn save(&self, model: &CausalLm, dir: &Path) -> Result<()> {
+/// Any model whose linear layers carry adapters: a [`CausalLm`](lmflow_models::CausalLm), a
+/// vision-language model, ...
+impl<M: Module + LinearVisitor> WeightsIo<M> for LoraWeights {
+    fn save(&self, model: &M, dir: &Path) -> Result<()> {
         // `save_adapter` walks the layers mutably; a clone shares the tensors, not copies them.
         let mut view = model.clone();
         save_adapter(&mut view, &self.config, &self.name, dir)?;
         Ok(())
     }
 
-    fn load(&self, mut model: CausalLm, dir: &Path) -> Result<CausalLm> {
+    fn load(&self, mut model: M, dir: &Path) -> Result<M> {
         delete_adapter(&mut model, &self.name)?;
         load_adapter(&mut model, dir, &self.name, &self.device)?;
         // The reloaded adapter trains again; every other parameter keeps its flag.
