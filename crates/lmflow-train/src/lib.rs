@@ -36,6 +36,7 @@ pub mod error;
 pub mod lora_weights;
 pub mod loss;
 pub mod metrics;
+pub mod multimodal;
 pub mod objective;
 pub mod run_folder;
 pub mod stable_ids;
