@@ -16,6 +16,7 @@ mod eval;
 mod eval_accuracy;
 mod finetune;
 mod generate;
+mod init;
 mod merge;
 mod reward;
 mod serve;
@@ -42,6 +43,9 @@ enum Command {
     Generate(generate::Args),
     /// Chat interactively with a model using its chat template.
     Chat(chat::Args),
+    /// Write a randomly initialised model folder from a config.json and a tokenizer (to
+    /// pretrain from scratch with `finetune --full`).
+    Init(init::Args),
     /// Merge a LoRA/DoRA adapter into its base model and write a full model folder.
     Merge(merge::Args),
     /// Benchmark training or decoding throughput (one JSON line; see bench/compare.sh).
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Init(args) => init::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
