@@ -126,6 +126,17 @@ pub enum ModelError {
     /// The tokenizer files could not be loaded (the error names the file).
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A quantised checkpoint (bitsandbytes) that cannot be loaded: an unsupported method or
+    /// quantisation type, or quantisation tensors that do not fit the layer.
+    #[error("{path}: {name}: {message}")]
+    Quantization {
+        /// `config.json` or the checkpoint file.
+        path: PathBuf,
+        /// The configuration key or the tensor at fault.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A forward pass was called with inputs that do not fit the model or the cache.
     #[error("invalid forward input: {0}")]
     Input(String),

@@ -242,6 +242,23 @@ impl TensorVisitor for Loader<'_> {
     ) -> Result<(), ModelError> {
         let [d_out, d_in] = linear.weight.lazy_shape().dims();
         let name = path.pp("weight");
+        // A bitsandbytes 4-bit layer (always stored `[d_output, d_input]`) goes straight into
+        // NF4: its dense weight never exists.
+        let stored = self.stored_name(name.as_str());
+        if let Some(q) = crate::bnb::read_linear(self.weights, &stored, d_out, d_in)? {
+            let bias = match &linear.bias {
+                Some(_) => Some(self.tensor(path.pp("bias").as_str(), [d_out])?),
+                None => None,
+            };
+            let placeholder = Tensor::zeros([0, d_in], self.weights.device());
+            *linear = Linear::from_tensors(placeholder, bias);
+            linear.weight = linear.weight.clone().set_require_grad(false);
+            linear.quant = Some(q);
+            if let Some(hook) = self.on_linear.as_mut() {
+                hook(path.as_str(), linear);
+            }
+            return Ok(());
+        }
         let weight = match layout {
             WeightLayout::OutIn => self.tensor(name.as_str(), [d_out, d_in])?,
             WeightLayout::InOut => self.tensor::<2>(name.as_str(), [d_in, d_out])?.transpose(),

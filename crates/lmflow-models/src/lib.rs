@@ -32,6 +32,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bnb;
 pub mod cache;
 pub mod config;
 pub mod error;

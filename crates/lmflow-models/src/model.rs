@@ -456,6 +456,9 @@ impl CausalLm {
     pub fn save(&self, dir: &Path, config: &ModelConfig) -> Result<(), ModelError> {
         let dtype = write_single_file(dir, &self.state_dict())?;
         let mut config = config.clone();
+        // NF4 layers (a bitsandbytes checkpoint's) are written dequantised: the folder is no
+        // longer a quantised one.
+        config.raw.remove("quantization_config");
         let key = if config.raw.contains_key("torch_dtype") {
             "torch_dtype"
         } else {
@@ -618,6 +621,9 @@ pub fn load_pretrained_with_linear_hook(
     if model_type_row(&config.model_type).is_none() {
         return Err(unsupported(&config));
     }
+    // A bitsandbytes checkpoint this crate cannot read is refused before any tensor is; its
+    // NF4 layers are read straight into NF4 by the loader (`crate::bnb`).
+    crate::bnb::bnb_quantization(&config)?;
     let dtype = opts.dtype.unwrap_or(FloatDType::F32);
     let weights = WeightSource::open(dir, device, dtype)?;
     let mut model = CausalLm::load_with_linear_hook(&config, &weights, on_linear)?;

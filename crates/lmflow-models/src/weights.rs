@@ -275,6 +275,18 @@ impl WeightSource {
             .collect()
     }
 
+    /// A stored tensor as it is in the file: its safetensors dtype and raw little-endian bytes
+    /// (no conversion; used for bitsandbytes' `uint8` NF4 codes and their `quant_state`).
+    /// Marks the tensor used. `None` when the checkpoint lacks it.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, Vec<u8>)> {
+        let shard = &self.shards[*self.index.get(name)?];
+        let info = shard.info(name)?;
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(name.to_string());
+        }
+        Some((info.dtype, shard.bytes(info).to_vec()))
+    }
+
     /// Loads a tensor, checking that its shape is `shape`.
     ///
     /// # Errors
@@ -353,6 +365,15 @@ impl WeightSource {
             None
         };
         Ok(Linear::from_tensors(weight, bias))
+    }
+
+    /// The file that stores tensor `name` (for error messages): its shard, or the checkpoint
+    /// (single file or index) when the checkpoint lacks it.
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        match self.index.get(name) {
+            Some(&i) => self.shards[i].path.clone(),
+            None => self.missing_path(),
+        }
     }
 
     fn missing_path(&self) -> PathBuf {

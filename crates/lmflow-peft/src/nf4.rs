@@ -12,7 +12,7 @@
 //! only one layer's dense weight exists at a time.
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, IntDType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::PeftError;
@@ -85,7 +85,15 @@ pub struct Nf4Weight {
     pub cols: usize,
     /// Values per absmax block.
     pub blocksize: usize,
+    /// The dtype bitsandbytes dequantises into (`quant_state` `dtype` of a loaded
+    /// checkpoint): `code * absmax` is rounded to it, as bitsandbytes' `dequantize_4bit`
+    /// does, before [`Nf4Weight::dequantize`] returns it in f32. `None` (and f32): no rounding.
+    #[module(skip)]
+    pub dequant_dtype: Option<FloatDType>,
 }
+
+/// A stored tensor as a checkpoint holds it: safetensors dtype and raw little-endian bytes.
+pub type RawTensor = (Dtype, Vec<u8>);
 
 /// Host-side result of [`quantize_nf4`].
 #[derive(Clone, Debug, PartialEq)]
@@ -275,6 +283,7 @@ impl Nf4Weight {
             rows,
             cols,
             blocksize,
+            dequant_dtype: None,
         }
     }
 
@@ -316,9 +325,16 @@ impl Nf4Weight {
         let absmax = self.absmax_values().reshape([blocks, 1]);
         let dense =
             (values.reshape([blocks, self.blocksize]) * absmax).reshape([blocks * self.blocksize]);
-        dense
+        let dense = dense
             .slice(0..self.rows * self.cols)
-            .reshape([self.rows, self.cols])
+            .reshape([self.rows, self.cols]);
+        match self.dequant_dtype {
+            Some(dt @ (FloatDType::BF16 | FloatDType::F16)) => {
+                let rounded = dense.cast(dt);
+                rounded.cast(FloatDType::F32)
+            }
+            _ => dense,
+        }
     }
 
     /// Bytes of the per-weight data only: packed codes and (quantised) absmax values,
@@ -361,15 +377,35 @@ impl Nf4Weight {
         prefix: &str,
         device: &Device,
     ) -> Result<Option<Self>, PeftError> {
+        Self::from_bnb_with(
+            prefix,
+            &|key| st.tensor(key).ok().map(|t| (t.dtype(), t.data().to_vec())),
+            device,
+        )
+    }
+
+    /// Like [`Nf4Weight::from_bnb`], reading each stored tensor through `get` (full tensor
+    /// name -> stored dtype and bytes, `None` when absent), so that any checkpoint reader
+    /// (a sharded, memory-mapped model folder) can supply them.
+    ///
+    /// The packed codes are `[ceil(rows * cols / 2), 1]` `uint8`, the first value of each
+    /// pair in the high nibble; `quant_state.bitsandbytes__nf4` is the UTF-8 bytes of a JSON
+    /// object with `quant_type`, `blocksize`, `dtype`, `shape` and, with double
+    /// quantisation, `nested_blocksize`, `nested_offset` (then `.weight.absmax` holds `uint8`
+    /// codes and `.weight.nested_absmax` / `.weight.nested_quant_map` their scale and map).
+    pub fn from_bnb_with(
+        prefix: &str,
+        get: &dyn Fn(&str) -> Option<RawTensor>,
+        device: &Device,
+    ) -> Result<Option<Self>, PeftError> {
         let state_key = format!("{prefix}.weight.quant_state.bitsandbytes__nf4");
-        let Ok(state) = st.tensor(&state_key) else {
-            if st
-                .tensor(&format!("{prefix}.weight.quant_state.bitsandbytes__fp4"))
-                .is_ok()
-            {
+        let Some((_, state)) = get(&state_key) else {
+            if get(&format!("{prefix}.weight.quant_state.bitsandbytes__fp4")).is_some() {
                 return Err(PeftError::Quantization {
                     key: prefix.into(),
-                    reason: "FP4 checkpoints are not supported (NF4 only)".into(),
+                    reason: "FP4 checkpoints (bnb_4bit_quant_type \"fp4\") are not supported; \
+                             NF4 only"
+                        .into(),
                 });
             }
             return Ok(None);
@@ -378,7 +414,7 @@ impl Nf4Weight {
             key: prefix.into(),
             reason,
         };
-        let meta: serde_json::Value = serde_json::from_slice(state.data())
+        let meta: serde_json::Value = serde_json::from_slice(&state)
             .map_err(|e| qerr(format!("quant_state is not JSON: {e}")))?;
         let blocksize = meta["blocksize"]
             .as_u64()
@@ -403,10 +439,15 @@ impl Nf4Weight {
                 meta["quant_type"]
             )));
         }
-        let get = |suffix: &str| -> Result<(Dtype, Vec<u8>), PeftError> {
+        let dequant_dtype = match meta["dtype"].as_str() {
+            None | Some("float32") => None,
+            Some("bfloat16") => Some(FloatDType::BF16),
+            Some("float16") => Some(FloatDType::F16),
+            Some(other) => return Err(qerr(format!("unsupported quant_state dtype `{other}`"))),
+        };
+        let get = |suffix: &str| -> Result<RawTensor, PeftError> {
             let key = format!("{prefix}.{suffix}");
-            let t = st.tensor(&key).map_err(|e| qerr(format!("`{key}`: {e}")))?;
-            Ok((t.dtype(), t.data().to_vec()))
+            get(&key).ok_or_else(|| qerr(format!("tensor `{key}` is missing")))
         };
         let f32s = |suffix: &str| -> Result<Vec<f32>, PeftError> {
             let (dt, bytes) = get(suffix)?;
@@ -448,7 +489,7 @@ impl Nf4Weight {
             )));
         }
         let blocks = (rows * cols).div_ceil(blocksize);
-        let nested_present = st.tensor(&format!("{prefix}.weight.nested_absmax")).is_ok();
+        let nested_present = get("weight.nested_absmax").is_ok();
         let (absmax, nested) = if nested_present {
             let (adt, codes) = get("weight.absmax")?;
             if adt != Dtype::U8 || codes.len() != blocks {
@@ -479,9 +520,10 @@ impl Nf4Weight {
             }
             (Some(tensor_f32(a, device)), None)
         };
-        Ok(Some(Self::from_parts(
-            packed, absmax, nested, code, rows, cols, blocksize, device,
-        )))
+        let mut weight =
+            Self::from_parts(packed, absmax, nested, code, rows, cols, blocksize, device);
+        weight.dequant_dtype = dequant_dtype;
+        Ok(Some(weight))
     }
 }
 
