@@ -16,6 +16,8 @@
 //! Adding a member whose forward pass is LLaMA's is a [`LlamaVariant`] (its `config.json`
 //! defaults and options) plus a row in [`MODEL_TYPES`](crate::model::MODEL_TYPES).
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::activation::silu;
@@ -23,6 +25,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use lmflow_peft::Linear;
 
 use crate::attention::scaled_dot_product_attention;
+use crate::attention_tiled::{AttentionImpl, LayerMask, TiledMask, tiled_attention};
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -342,6 +345,7 @@ impl LlamaConfig {
             norm: norm(h),
             lm_head: (!self.tie_word_embeddings).then(|| lin(h, self.vocab_size, false)),
             rope: Rope::new(self.rope.clone()),
+            attention_impl: AttentionImpl::default(),
             config: self.clone(),
         }
     }
@@ -498,13 +502,13 @@ impl Attention {
     ///
     /// # Shapes
     /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
-    /// - cos, sin: `[batch, 1, seq, head_dim]`; bias: `[batch, 1, seq, past + seq]`
+    /// - cos, sin: `[batch, 1, seq, head_dim]`; a dense mask: `[batch, 1, seq, past + seq]`
     pub fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        bias: Option<&Tensor<4>>,
+        mask: LayerMask<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor<3>, ModelError> {
         let [b, s, _] = x.dims();
@@ -528,7 +532,11 @@ impl Attention {
             Some((cache, layer)) => cache.update(layer, k, v)?,
             None => (k, v),
         };
-        let out = scaled_dot_product_attention(q, k, v, bias, (d as f64).powf(-0.5));
+        let scale = (d as f64).powf(-0.5);
+        let out = match mask {
+            LayerMask::Dense(bias) => scaled_dot_product_attention(q, k, v, bias, scale),
+            LayerMask::Tiled(tiled) => tiled_attention(q, k, v, tiled, self.sliding_window, scale)?,
+        };
         Ok(self
             .o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d])))
@@ -576,11 +584,11 @@ impl DecoderLayer {
         &self,
         x: Tensor<3>,
         (cos, sin): (&Tensor<4>, &Tensor<4>),
-        bias: Option<&Tensor<4>>,
+        mask: LayerMask<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor<3>, ModelError> {
         let h = self.input_layernorm.forward(x.clone());
-        let x = x.add(self.self_attn.forward(h, cos, sin, bias, cache)?);
+        let x = x.add(self.self_attn.forward(h, cos, sin, mask, cache)?);
         let h = self
             .mlp
             .forward(self.post_attention_layernorm.forward(x.clone()));
@@ -618,6 +626,9 @@ pub struct LlamaModel {
     /// Rotary embedding.
     #[module(skip)]
     pub rope: Rope,
+    /// Attention implementation (see [`LlamaModel::set_attention_impl`]).
+    #[module(skip)]
+    pub attention_impl: AttentionImpl,
     /// Typed configuration.
     #[module(skip)]
     pub config: LlamaConfig,
@@ -643,6 +654,14 @@ impl HubModule for LlamaModel {
 }
 
 impl LlamaModel {
+    /// Chooses the attention implementation: [`AttentionImpl::Tiled`] keeps memory linear in
+    /// the sequence (for long-sequence training), [`AttentionImpl::Eager`] materialises the
+    /// scores, [`AttentionImpl::Auto`] (the default) tiles passes of at least
+    /// [`crate::attention_tiled::AUTO_TILED_MIN_SEQ`] tokens.
+    pub fn set_attention_impl(&mut self, attention: AttentionImpl) {
+        self.attention_impl = attention;
+    }
+
     /// Replaces the rope scaling (e.g. to extend the context of a loaded model).
     pub fn set_rope_scaling(&mut self, scaling: RopeScaling) {
         self.rope.config.scaling = scaling.clone();
@@ -680,17 +699,32 @@ impl LlamaModel {
 /// One attention bias per distinct sliding window.
 type WindowBiases = Vec<(Option<usize>, Option<Tensor<4>>)>;
 
+/// Rotary `cos` and `sin`, the attention biases, and the tiled mask of one pass.
+type PassConstants = (Tensor<4>, Tensor<4>, WindowBiases, Option<Arc<TiledMask>>);
+
 impl LlamaModel {
     /// Rotary tables and the attention bias of each distinct window (none at all when nothing
-    /// can be masked) for one pass.
+    /// can be masked) for one pass, or, when the pass uses tiled attention, its tiled mask (and
+    /// no bias).
     fn pass_constants(
         &self,
         input: &ForwardInput,
         past: usize,
-    ) -> Result<(Tensor<4>, Tensor<4>, WindowBiases), ModelError> {
+    ) -> Result<PassConstants, ModelError> {
         let device = input.input_ids.device();
         let positions = positions_or_default(input, past);
         let (cos, sin) = self.rope.cos_sin(&positions, &device);
+        let [batch, seq] = input.input_ids.dims();
+        if self.attention_impl.use_tiled(seq) {
+            let tiled = TiledMask::new(
+                batch,
+                seq,
+                past,
+                input.attention_mask.as_ref(),
+                input.segment_ids.as_ref(),
+            )?;
+            return Ok((cos, sin, Vec::new(), Some(Arc::new(tiled))));
+        }
         let mut biases: WindowBiases = Vec::new();
         for layer in &self.layers {
             let w = layer.self_attn.sliding_window;
@@ -698,14 +732,14 @@ impl LlamaModel {
                 biases.push((w, mask_bias(input, past, w)?));
             }
         }
-        Ok((cos, sin, biases))
+        Ok((cos, sin, biases, None))
     }
 }
 
 impl Layerwise for LlamaModel {
     fn embed(&self, input: &ForwardInput) -> Result<(Tensor<3>, LayerContext), ModelError> {
         check_input(input, self.config.vocab_size, 0)?;
-        let (cos, sin, windows) = self.pass_constants(input, 0)?;
+        let (cos, sin, windows, tiled) = self.pass_constants(input, 0)?;
         let biases = self
             .layers
             .iter()
@@ -718,7 +752,15 @@ impl Layerwise for LlamaModel {
             })
             .collect();
         let x = self.input_embeddings(input)?;
-        Ok((x, LayerContext { cos, sin, biases }))
+        Ok((
+            x,
+            LayerContext {
+                cos,
+                sin,
+                biases,
+                tiled,
+            },
+        ))
     }
 
     fn layer(
@@ -733,8 +775,11 @@ impl Layerwise for LlamaModel {
                 self.layers.len()
             ))
         })?;
-        let bias = context.biases.get(index).and_then(|b| b.as_ref());
-        layer.forward(x, (&context.cos, &context.sin), bias, None)
+        let mask = match &context.tiled {
+            Some(tiled) => LayerMask::Tiled(tiled),
+            None => LayerMask::Dense(context.biases.get(index).and_then(|b| b.as_ref())),
+        };
+        layer.forward(x, (&context.cos, &context.sin), mask, None)
     }
 
     fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
@@ -750,15 +795,20 @@ impl CausalDecoder for LlamaModel {
     ) -> Result<Tensor<3>, ModelError> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         check_input(input, self.config.vocab_size, past)?;
-        let (cos, sin, biases) = self.pass_constants(input, past)?;
+        let (cos, sin, biases, tiled) = self.pass_constants(input, past)?;
         let mut x = self.input_embeddings(input)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let w = layer.self_attn.sliding_window;
-            let bias = biases
-                .iter()
-                .find(|(bw, _)| *bw == w)
-                .and_then(|(_, bias)| bias.as_ref());
-            x = layer.forward(x, (&cos, &sin), bias, cache.as_deref_mut().map(|c| (c, i)))?;
+            let mask = match &tiled {
+                Some(tiled) => LayerMask::Tiled(tiled),
+                None => LayerMask::Dense(
+                    biases
+                        .iter()
+                        .find(|(bw, _)| *bw == w)
+                        .and_then(|(_, bias)| bias.as_ref()),
+                ),
+            };
+            x = layer.forward(x, (&cos, &sin), mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(cache) = cache {
             cache.advance(input.input_ids.dims()[1]);

@@ -147,8 +147,11 @@ pub struct LayerContext {
     pub cos: Tensor<4>,
     /// Rotary `sin`, `[batch, 1, seq, head_dim]`.
     pub sin: Tensor<4>,
-    /// Additive attention bias of each layer (`None`: nothing masked).
+    /// Additive attention bias of each layer (`None`: nothing masked); empty when the pass
+    /// uses tiled attention.
     pub biases: Vec<Option<Tensor<4>>>,
+    /// The mask of tiled attention (`None`: the pass materialises attention with `biases`).
+    pub tiled: Option<std::sync::Arc<crate::attention_tiled::TiledMask>>,
 }
 
 impl LayerContext {
@@ -162,6 +165,7 @@ impl LayerContext {
                 .into_iter()
                 .map(|b| b.map(Tensor::inner))
                 .collect(),
+            tiled: self.tiled,
         }
     }
 }
@@ -342,6 +346,32 @@ impl CausalLm {
             Self::Llama(m) => m,
             Self::Gpt2(m) => m,
             Self::Opt(m) => m,
+        }
+    }
+
+    /// Chooses the attention implementation of a LLaMA-family model (see
+    /// [`crate::attention_tiled`]); GPT-2 and OPT always materialise the scores.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when [`AttentionImpl::Tiled`](crate::AttentionImpl::Tiled) is asked
+    /// of GPT-2 or OPT.
+    pub fn set_attention_impl(
+        &mut self,
+        attention: crate::attention_tiled::AttentionImpl,
+    ) -> Result<(), ModelError> {
+        use crate::attention_tiled::AttentionImpl;
+        match self {
+            Self::Llama(m) => {
+                m.set_attention_impl(attention);
+                Ok(())
+            }
+            Self::Gpt2(_) | Self::Opt(_) if attention == AttentionImpl::Tiled => {
+                Err(ModelError::Input(format!(
+                    "tiled attention is implemented for the LLaMA family, not `{}`",
+                    self.model_type()
+                )))
+            }
+            Self::Gpt2(_) | Self::Opt(_) => Ok(()),
         }
     }
 
