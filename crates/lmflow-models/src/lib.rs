@@ -32,6 +32,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_tiled;
 pub mod bnb;
 pub mod cache;
 pub mod config;
@@ -51,6 +52,7 @@ pub mod sequence_classification;
 pub mod tokenizer;
 pub mod weights;
 
+pub use attention_tiled::{AttentionImpl, TiledMask};
 pub use cache::KvCache;
 pub use config::ModelConfig;
 pub use error::ModelError;
