@@ -68,6 +68,8 @@ pub enum ParamSlot<'a> {
     Vector(&'a mut Param<Tensor<1>>),
     /// A matrix (embedding tables).
     Matrix(&'a mut Param<Tensor<2>>),
+    /// A rank-4 tensor (convolution kernels `[out, in, kh, kw]`: CLIP's patch embedding).
+    Rank4(&'a mut Param<Tensor<4>>),
 }
 
 /// What is done with each named tensor of a [`HubModule`].
@@ -231,6 +233,7 @@ impl TensorVisitor for Loader<'_> {
         match param {
             ParamSlot::Vector(p) => self.replace(name, p),
             ParamSlot::Matrix(p) => self.replace(name, p),
+            ParamSlot::Rank4(p) => self.replace(name, p),
         }
     }
 
@@ -288,6 +291,7 @@ impl TensorVisitor for StateDict {
         let data = match param {
             ParamSlot::Vector(p) => p.val().into_data(),
             ParamSlot::Matrix(p) => p.val().into_data(),
+            ParamSlot::Rank4(p) => p.val().into_data(),
         };
         self.tensors.push((name.to_string(), data));
         Ok(())

@@ -7,7 +7,9 @@
 //!
 //! Architectures (by `model_type`, one table: [`MODEL_TYPES`]): `llama`, `mistral`,
 //! `ministral`, `qwen2`, `qwen3` ([`llama`]), `gpt2` ([`gpt2`]), `opt` ([`opt`], also
-//! Galactica). Each module names its checkpoint tensors once ([`hub`]); loading, saving and the
+//! Galactica), and the vision-language `llava` ([`llava`]: a CLIP vision tower ([`clip`]), a
+//! projector and a LLaMA-family language model; loaded with [`load_llava`]). Each module
+//! names its checkpoint tensors once ([`hub`]); loading, saving and the
 //! linear-layer paths PEFT uses derive from that. See `docs/models.md` for the support matrix.
 //!
 //! ```
@@ -35,6 +37,7 @@ pub mod attention;
 pub mod attention_tiled;
 pub mod bnb;
 pub mod cache;
+pub mod clip;
 pub mod config;
 pub mod error;
 pub mod eval;
@@ -43,6 +46,7 @@ pub mod hub;
 pub mod input;
 pub mod layer_norm;
 pub mod llama;
+pub mod llava;
 pub mod logprobs;
 pub mod model;
 pub mod norm;
@@ -56,6 +60,7 @@ pub use attention_tiled::{AttentionImpl, TiledMask};
 pub use cache::KvCache;
 pub use config::ModelConfig;
 pub use error::ModelError;
+pub use llava::{LlavaConfig, LlavaModel, PretrainedLlava, load_llava};
 pub use model::{
     CausalDecoder, CausalLm, Family, ForwardInput, ForwardOutput, LayerContext, Layerwise,
     LoadOptions, MODEL_TYPES, ModelTypeRow, Pretrained, load_pretrained,
