@@ -159,6 +159,9 @@ struct TrainArgs {
     /// Activation checkpointing per decoder layer (as `finetune --gradient-checkpointing`).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Attention implementation (as `finetune --attention`): tiled, eager or auto.
+    #[arg(long, default_value = "auto")]
+    attention: lmflow_models::AttentionImpl,
 }
 
 #[derive(clap::Args, Debug)]
@@ -299,7 +302,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         gradient_checkpointing: args.gradient_checkpointing,
         ..TrainerConfig::default()
     };
-    let (model, weights): (CausalLm, Box<dyn WeightsIo>) = match args.method {
+    let (mut model, weights): (CausalLm, Box<dyn WeightsIo>) = match args.method {
         Method::Full => (
             model,
             Box::new(FullModelWeights::new(config, device.clone())),
@@ -322,6 +325,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
             )
         }
     };
+    model.set_attention_impl(args.attention)?;
     let trainer = Trainer::new(cfg, device.clone(), 0)?;
     let mut stamps: Vec<Instant> = Vec::with_capacity(total + 1);
     let started = Instant::now();
@@ -351,6 +355,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         "seq": seq,
         "steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "attention": args.attention.to_string(),
         "tok_s": tok_s,
         "step_s": step_s,
         "peak_rss_mib": peak_rss_mib(),

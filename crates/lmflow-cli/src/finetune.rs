@@ -112,6 +112,11 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Attention implementation (LLaMA family): `tiled` keeps memory linear in the sequence
+    /// (online softmax, backward by recomputation per tile), `eager` materialises the
+    /// `[seq, seq]` scores, `auto` tiles sequences of at least 2,048 tokens. Same results.
+    #[arg(long, default_value = "auto")]
+    attention: lmflow_models::AttentionImpl,
     /// Activation checkpointing per decoder layer: keep only each layer's input during the
     /// forward pass and run the layer again in the backward pass (less memory, about a third
     /// more compute, same results). LLaMA-family models; not with --lora-dropout.
@@ -595,6 +600,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         load_pretrained(&args.model, &device, &LoadOptions::default())?
     };
+    let mut base_model = base_model;
+    base_model.set_attention_impl(args.attention)?;
     let tokenizer = tokenizer
         .as_ref()
         .with_context(|| format!("{}: no tokenizer.json", args.model.display()))?;
