@@ -95,6 +95,14 @@ pub enum DatasetError {
     /// An option has an invalid value.
     #[error("invalid option: {0}")]
     Config(String),
+    /// An image file (or an image processor / processor config) cannot be read or used.
+    #[error("{path}: {message}")]
+    Image {
+        /// The image or config file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl DatasetError {

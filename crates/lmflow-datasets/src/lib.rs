@@ -12,7 +12,8 @@
 //! - [`tokenize`]: token ids and labels per format, truncation that reports what it cut;
 //! - [`packing`]: best-fit packing with restarting positions and segment ids;
 //! - [`batch`]: Burn tensors ([`batch::Batch`]) and a preference-pair collator;
-//! - [`inspect`](mod@inspect): the library side of `lmflow data inspect` / `lmflow data stats`.
+//! - [`inspect`](mod@inspect): the library side of `lmflow data inspect` / `lmflow data stats`;
+//! - [`multimodal`]: LLaVA-style image processing, `<image>` expansion and image datasets.
 //!
 //! See `docs/datasets.md` for the formats and masking rules.
 //!
@@ -41,6 +42,7 @@ pub mod batch;
 pub mod error;
 pub mod format;
 pub mod inspect;
+pub mod multimodal;
 pub mod packing;
 pub mod reader;
 pub mod template;

@@ -205,6 +205,14 @@ impl<'a> SampleEncoder<'a> {
         Ok(TokenizedSample::new(ids, labels, self.config.block_size))
     }
 
+    /// Renders a conversation with the encoder's chat template into segments (not tokenized).
+    pub fn render_conversation(&self, conversation: &Conversation) -> Result<Vec<Segment>> {
+        let template = self.template.ok_or_else(|| {
+            DatasetError::Config("conversation data needs a chat template".into())
+        })?;
+        template.render(conversation, &self.tokens, false)
+    }
+
     /// Renders and tokenizes a conversation.
     pub fn encode_conversation(&self, conversation: &Conversation) -> Result<EncodedText> {
         let template = self.template.ok_or_else(|| {
