@@ -569,6 +569,28 @@ impl LlavaModel {
         pixel_values: Option<Tensor<4>>,
         cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput, ModelError> {
+        let hidden_states = self.forward_hidden(input, pixel_values, cache)?;
+        Ok(ForwardOutput {
+            logits: self.logits(hidden_states.clone()),
+            hidden_states,
+        })
+    }
+
+    /// Final hidden states of the language model only (skips the vocabulary projection: chunked
+    /// losses); [`LlavaModel::logits`] finishes the pass.
+    ///
+    /// # Shapes
+    /// - input_ids `[batch, seq]`, pixel_values `[images, channels, size, size]` ->
+    ///   `[batch, seq, text_hidden]`
+    ///
+    /// # Errors
+    /// As [`LlavaModel::forward`].
+    pub fn forward_hidden(
+        &self,
+        input: ForwardInput,
+        pixel_values: Option<Tensor<4>>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
         let input = match pixel_values {
             Some(pixels) => {
                 let embeds = self.embed(&input.input_ids, Some(pixels))?;
@@ -576,7 +598,30 @@ impl LlavaModel {
             }
             None => input,
         };
-        self.language_model.forward(input, cache)
+        self.language_model.forward_hidden(&input, cache)
+    }
+
+    /// Projects hidden states to the vocabulary.
+    ///
+    /// # Shapes
+    /// - hidden `[batch, seq, text_hidden]` -> `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.language_model.logits(hidden)
+    }
+
+    /// The image token id (`image_token_index`).
+    pub fn image_token_id(&self) -> u32 {
+        self.config.image_token_id
+    }
+
+    /// `<image>` tokens (and features) per image.
+    pub fn image_tokens_per_image(&self) -> usize {
+        self.config.image_tokens_per_image()
+    }
+
+    /// The language model.
+    pub fn language_model(&self) -> &CausalLm {
+        &self.language_model
     }
 
     /// An empty KV cache for the language model holding up to `max_len` positions.
