@@ -231,6 +231,46 @@ fn without_autodiff_the_output_is_the_same() {
 }
 
 #[test]
+fn bf16_inputs_compute_in_f32_and_keep_their_dtype() {
+    use burn::tensor::FloatDType;
+    let device = Device::flex().autodiff();
+    let (q_dims, kv_dims) = ([1, 4, 40, 8], [1, 2, 40, 8]);
+    let bf16 = |t: Tensor<4>| t.cast(FloatDType::BF16);
+    let mask = ints(&[(0..40).map(|i| i64::from(i < 36)).collect()], &device);
+    let run = |tiled: bool| {
+        let q = bf16(tensor(q_dims, 1, &device)).require_grad();
+        let k = bf16(tensor(kv_dims, 2, &device)).require_grad();
+        let v = bf16(tensor(kv_dims, 3, &device)).require_grad();
+        let out = if tiled {
+            let spec = TiledMask::new(1, 40, 0, Some(&mask), None)
+                .unwrap()
+                .with_tiles(16, 16);
+            tiled_attention(q.clone(), k.clone(), v.clone(), &Arc::new(spec), None, 0.35).unwrap()
+        } else {
+            let spec = MaskSpec {
+                attention_mask: Some(&mask),
+                ..MaskSpec::default()
+            };
+            let bias = attention_bias(1, 40, 0, &spec, &device).unwrap();
+            scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), Some(&bias), 0.35)
+        };
+        let grads = out.clone().cast(FloatDType::F32).sum().backward();
+        let dq = q.grad(&grads).unwrap();
+        let dv = v.grad(&grads).unwrap();
+        (out.inner(), dq, dv)
+    };
+    let (o1, dq1, dv1) = run(false);
+    let (o2, dq2, dv2) = run(true);
+    assert_eq!(o2.dtype(), o1.dtype());
+    assert_eq!(dq2.dtype(), dq1.dtype());
+    let f32 = |t: Tensor<4>| t.cast(FloatDType::F32);
+    // bf16 rounding of the materialised path's scores and probabilities (8 mantissa bits).
+    assert!(max_diff(f32(o1), f32(o2)) < 3e-2);
+    assert!(max_diff(f32(dq1), f32(dq2)) < 5e-2);
+    assert!(max_diff(f32(dv1), f32(dv2)) < 5e-2);
+}
+
+#[test]
 fn shapes_that_do_not_fit_the_mask_are_errors() {
     let device = Device::flex();
     let spec = Arc::new(TiledMask::new(1, 8, 0, None, None).unwrap());
