@@ -420,6 +420,8 @@ pub struct MultimodalSample {
     pub sample: TokenizedSample,
     /// The image files in the order of their token runs.
     pub images: Vec<PathBuf>,
+    /// The record's images field (`image` or `images`), for error messages.
+    pub images_field: &'static str,
     /// Image tokens per image.
     pub tokens_per_image: usize,
     /// The JSON file of the record.
@@ -431,8 +433,13 @@ pub struct MultimodalSample {
 impl MultimodalSample {
     /// Loads and processes the sample's images (errors name the JSON file, record and image).
     pub fn load_pixels(&self, processor: &ImageProcessor) -> Result<Vec<PixelValues>> {
+        let single = self.images_field == "image" && self.images.len() == 1;
         load_pixels(&self.images, processor, &self.source, self.index, |i| {
-            format!("images[{i}]")
+            if single {
+                "image".to_string()
+            } else {
+                format!("{}[{i}]", self.images_field)
+            }
         })
     }
 }
@@ -527,6 +534,7 @@ impl<'a> MultimodalEncoder<'a> {
         Ok(MultimodalSample {
             sample,
             images: record.images.clone(),
+            images_field: record.images_field,
             tokens_per_image: per_image,
             source: record.source.clone(),
             index: record.index,
