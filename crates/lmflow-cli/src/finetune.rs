@@ -601,6 +601,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         load_pretrained(&args.model, &device, &LoadOptions::default())?
     };
     let mut base_model = base_model;
+    // A bitsandbytes 4-bit checkpoint (`quantization_config`, e.g. a `*-bnb-4bit` Hub model)
+    // loads straight into NF4: QLoRA whether or not --qlora is given; its base cannot train.
+    let bnb = lmflow_models::bnb::bnb_quantization(&model_config)?.is_some();
+    if bnb && (args.full || args.lisa_layers.is_some()) {
+        bail!(
+            "{}: a bitsandbytes 4-bit checkpoint: its base weights are frozen NF4, so --full and \
+             --lisa-layers cannot train them; train LoRA adapters on it (QLoRA), or start from \
+             the unquantised model",
+            args.model.display()
+        );
+    }
     base_model.set_attention_impl(args.attention)?;
     let tokenizer = tokenizer
         .as_ref()
@@ -657,7 +668,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // QLoRA dequantises each NF4 weight in the forward pass; without checkpointing autodiff
     // would keep every dequantised (f32) weight until the backward pass. With it, only one
     // layer's are alive at a time.
-    if args.qlora
+    if (args.qlora || bnb)
         && !cfg.gradient_checkpointing
         && args.lora_dropout == 0.0
         && base_model.layerwise().is_some()
@@ -822,7 +833,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "output": args.output,
         "final": outcome.final_dir,
-        "method": if args.lisa_layers.is_some() { "lisa" } else if args.full { "full" } else if args.qlora { "qlora" } else { "lora" },
+        "method": if args.lisa_layers.is_some() { "lisa" } else if args.full { "full" } else if args.qlora || bnb { "qlora" } else { "lora" },
         "steps": outcome.state.global_step,
         "train_samples": train.len(),
         "block_size": block_size,
