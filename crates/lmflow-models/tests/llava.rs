@@ -406,3 +406,43 @@ fn linear_paths_are_peft_module_names_and_lora_can_skip_the_vision_tower() {
         "{targets:?}"
     );
 }
+
+#[test]
+fn gradients_reach_the_projector_and_vision_tower_through_the_image_tokens() {
+    let device = Device::flex().autodiff();
+    let r = reference();
+    let refs = RefTensors::load();
+    let llava = load("model", &device);
+    let entry = &r["variants"]["default"]["cases"]["single"];
+    let ids = int2(&entry["input_ids"], &device);
+    let pixels = refs.pixels("default.single.pixel_values", &device);
+    let logits = llava
+        .model
+        .forward(ForwardInput::new(ids), pixels, None)
+        .unwrap()
+        .logits;
+    let grads = logits.sum().backward();
+    let model = &llava.model;
+    let norm = |g: Option<Tensor<2>>| values(g.unwrap().abs().sum());
+    let projector = norm(model.multi_modal_projector.linear_1.weight.grad(&grads));
+    let tower = norm(
+        model.vision_tower.layers[0]
+            .self_attn
+            .q_proj
+            .weight
+            .grad(&grads),
+    );
+    assert!(
+        projector[0] > 0.0 && tower[0] > 0.0,
+        "{projector:?} {tower:?}"
+    );
+    // The last CLIP layer is not used by vision_feature_layer -2: no gradient reaches it.
+    assert!(
+        model.vision_tower.layers[2]
+            .self_attn
+            .q_proj
+            .weight
+            .grad(&grads)
+            .is_none()
+    );
+}
