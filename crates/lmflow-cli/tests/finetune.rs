@@ -1,5 +1,5 @@
-//! The main job end to end: LoRA fine-tuning of the bundled tiny model on the bundled capitals
-//! data, through the `lmflow` binary.
+//! The main job end to end: LoRA fine-tuning of the bundled tiny model (`assets/lmflow-tiny`,
+//! as in the README) on the bundled capitals data, through the `lmflow` binary.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -16,7 +16,7 @@ fn finetune_lora_on_bundled_data_lowers_eval_loss_and_resumes() {
             .args([
                 "finetune",
                 "--model",
-                &repo("assets/tiny-llama"),
+                &repo("assets/lmflow-tiny"),
                 "--dataset",
                 &repo("assets/data/capitals/train.json"),
                 "--eval-dataset",
