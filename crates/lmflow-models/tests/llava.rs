@@ -446,3 +446,28 @@ fn gradients_reach_the_projector_and_vision_tower_through_the_image_tokens() {
             .is_none()
     );
 }
+
+#[test]
+fn left_padded_batch_generation_equals_transformers() {
+    let device = Device::flex();
+    let r = reference();
+    let refs = RefTensors::load();
+    let llava = load("model", &device);
+    let mut checked = 0;
+    for (case, entry) in cases(&r, "default") {
+        let Some(want) = entry.get("greedy_batched") else {
+            continue;
+        };
+        let want: Vec<Vec<u32>> = serde_json::from_value(want.clone()).unwrap();
+        let ids = int2(&entry["input_ids"], &device);
+        let mask = int2(&entry["attention_mask"], &device);
+        let pixels = refs.pixels(&format!("default.{case}.pixel_values"), &device);
+        let got = llava
+            .model
+            .greedy_generate(ids, Some(mask), pixels, want[0].len(), &[4])
+            .unwrap();
+        assert_eq!(got, want, "{case}");
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
