@@ -463,3 +463,73 @@ fn bad_records_name_file_record_and_field() {
         "{e}"
     );
 }
+
+/// The tiny LLaVA fixture of lmflow-models (tests/fixtures/llava.py): from its PNG files and
+/// processor folder, pixel values and input_ids equal what transformers fed the model there,
+/// so PNG -> these pixel values -> lmflow-models' LLaVA reproduces transformers' logits.
+#[test]
+fn tiny_llava_fixture_inputs_are_reproduced() {
+    let root = fixtures().join("../llava");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("reference.json")).unwrap())
+            .unwrap();
+    let bytes = std::fs::read(root.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut checked = 0;
+    for (variant, v) in reference["variants"].as_object().unwrap() {
+        let dir = root.join(v["folder"].as_str().unwrap());
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let proc = LlavaProcessor::from_dir(&dir, &tok).unwrap();
+        for (case, c) in v["cases"].as_object().unwrap() {
+            let names: Vec<&str> = c["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            let mut next_image = 0;
+            let mut all_pixels = Vec::new();
+            for (r, prompt) in c["prompts"].as_array().unwrap().iter().enumerate() {
+                let prompt = prompt.as_str().unwrap();
+                let k = prompt.matches("<image>").count();
+                let images: Vec<_> = names[next_image..next_image + k]
+                    .iter()
+                    .map(|n| load_image(root.join("images").join(n)).unwrap())
+                    .collect();
+                next_image += k;
+                let (ids, pixels) = proc.encode_prompt(&tok, prompt, &images, true).unwrap();
+                // Rows are left-padded in the fixture: compare the unpadded tokens.
+                let row: Vec<u32> = serde_json::from_value(c["input_ids"][r].clone()).unwrap();
+                let mask: Vec<u32> =
+                    serde_json::from_value(c["attention_mask"][r].clone()).unwrap();
+                let real: Vec<u32> = row
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m == 1)
+                    .map(|(t, _)| *t)
+                    .collect();
+                assert_eq!(ids, real, "{variant}.{case} row {r}");
+                all_pixels.extend(pixels);
+            }
+            if let Ok(want) = st.tensor(&format!("{variant}.{case}.pixel_values")) {
+                let want: Vec<f32> = want
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let (got, shape) =
+                    lmflow_datasets::multimodal::stack_pixel_values(&all_pixels).unwrap();
+                assert_eq!(shape[0], names.len());
+                let d = max_abs(&got, &want);
+                assert!(d <= 1e-5, "{variant}.{case}: {d}");
+                checked += 1;
+            } else {
+                assert!(
+                    names.is_empty(),
+                    "{variant}.{case} has images but no pixel values"
+                );
+            }
+        }
+    }
+    assert!(checked >= 4, "{checked}");
+}
