@@ -97,7 +97,8 @@ impl ClipVisionConfig {
             layer_norm_eps: config.f64_opt("layer_norm_eps")?.unwrap_or(1e-5),
         };
         let bad = |key: &str, msg: &str| Err(ModelError::config(&config.path, key, msg));
-        if out.num_attention_heads == 0 || !out.hidden_size.is_multiple_of(out.num_attention_heads) {
+        if out.num_attention_heads == 0 || !out.hidden_size.is_multiple_of(out.num_attention_heads)
+        {
             return bad(
                 "vision_config.num_attention_heads",
                 "hidden_size is not a multiple of num_attention_heads",
@@ -202,6 +203,8 @@ impl ClipEmbeddings {
         let (gh, gw) = (height / p, width / p);
         let kernel = self.patch_embedding.val();
         let [hidden, ..] = kernel.dims();
+        // Pixel values come in f32 from the processor; compute in the model's dtype.
+        let pixel_values = pixel_values.cast(kernel.dtype());
         // Unfold: [n, c, gh, p, gw, p] -> [n, gh, gw, c, p, p] -> [n, gh*gw, c*p*p], the
         // (channel, row, column) order of the kernel's flattened input dimension.
         let patches = pixel_values

@@ -319,6 +319,23 @@ fn save_writes_transformers_layout_and_loads_back() {
         bf16.model.state_dict().len(),
         llava.model.state_dict().len()
     );
+    // ... and runs on f32 pixel values, close to the f32 logits.
+    let r = reference();
+    let refs = RefTensors::load();
+    let entry = &r["variants"]["default"]["cases"]["single"];
+    let logits = bf16
+        .model
+        .forward(
+            ForwardInput::new(int2(&entry["input_ids"], &device)),
+            refs.pixels("default.single.pixel_values", &device),
+            None,
+        )
+        .unwrap()
+        .logits;
+    let (want, _) = refs.get("default.single.logits").unwrap();
+    let err = max_abs(&values(logits), &want);
+    eprintln!("bf16 logits max abs error {err}");
+    assert!(err < 0.5, "bf16 logits differ by {err}");
     // The projector alone round-trips through its own file.
     let proj = out.path().join("projector.safetensors");
     save_safetensors(&proj, &llava.model.projector_state_dict()).unwrap();
@@ -470,4 +487,47 @@ fn left_padded_batch_generation_equals_transformers() {
         checked += 1;
     }
     assert_eq!(checked, 2);
+}
+
+#[test]
+fn unsupported_configurations_are_errors_naming_the_key() {
+    let device = Device::flex();
+    let base = load("model", &device).config;
+    for (edit, key) in [
+        (
+            serde_json::json!({"vision_config": {"model_type": "siglip_vision_model"}}),
+            "vision_config.model_type",
+        ),
+        (
+            serde_json::json!({"text_config": {"model_type": "gpt2"}}),
+            "text_config.model_type",
+        ),
+        (
+            serde_json::json!({"vision_feature_layer": -5}),
+            "vision_feature_layer",
+        ),
+        (
+            serde_json::json!({"vision_feature_select_strategy": "cls"}),
+            "vision_feature_select_strategy",
+        ),
+        (
+            serde_json::json!({"projector_hidden_act": "mish"}),
+            "projector_hidden_act",
+        ),
+    ] {
+        let mut config = base.clone();
+        for (k, v) in edit.as_object().unwrap() {
+            match (config.raw.get_mut(k), v) {
+                (Some(Value::Object(old)), Value::Object(new)) => {
+                    old.extend(new.clone());
+                }
+                _ => config.set(k, v.clone()),
+            }
+        }
+        let err = lmflow_models::LlavaModel::from_config(&config, &device).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("`{key}`")),
+            "{key}: {err}"
+        );
+    }
 }
