@@ -349,6 +349,19 @@ fn llava_and_lmflow_records_tokenize_with_masks() {
         assert_eq!(px[1].shape, [3, 32, 32]);
     }
 
+    // A folder of files reads as their concatenation (sorted by name); formats must agree.
+    let folder = tmp.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    write(&folder, "b.json", &llava_json());
+    write(&folder, "a.json", &llava);
+    let (f, recs) = read_multimodal(&folder, &opts).unwrap();
+    assert_eq!(f, MultimodalFormat::Llava);
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[0].source, folder.join("a.json"));
+    write(&folder, "c.json", &lmflow);
+    let e = read_multimodal(&folder, &opts).unwrap_err().to_string();
+    assert!(e.contains("c.json") && e.contains("a.json"), "{e}");
+
     // A text-only record in LLaVA data is fine and has no images.
     let (_, recs) = read_multimodal(write(tmp.path(), "two.json", &llava_json()), &opts).unwrap();
     assert_eq!(recs.len(), 2);

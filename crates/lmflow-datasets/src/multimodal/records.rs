@@ -328,15 +328,46 @@ impl Ctx<'_> {
     }
 }
 
-/// Reads a multimodal JSON file (format detected: LLaVA's array or LMFlow's `conversation`
-/// object; see the [module docs](self)).
+/// Reads a multimodal JSON file, or every `*.json` file of a folder (sorted by name, all of
+/// one format). The format is detected: LLaVA's array or LMFlow's `conversation` object (see
+/// the [module docs](self)). Relative image paths resolve against
+/// [`MultimodalReadOptions::image_folder`], else against each JSON file's folder.
 pub fn read_multimodal(
     path: impl AsRef<Path>,
     options: &MultimodalReadOptions,
 ) -> Result<(MultimodalFormat, Vec<MultimodalRecord>)> {
     let path = path.as_ref();
-    let value = read_json(path)?;
-    parse_multimodal_value(&value, path, options)
+    if !path.is_dir() {
+        let value = read_json(path)?;
+        return parse_multimodal_value(&value, path, options);
+    }
+    let files: Vec<PathBuf> = crate::reader::dataset_files(path)?
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        .collect();
+    let mut out: Option<(MultimodalFormat, PathBuf, Vec<MultimodalRecord>)> = None;
+    for file in files {
+        let (format, records) = parse_multimodal_value(&read_json(&file)?, &file, options)?;
+        match &mut out {
+            None => out = Some((format, file, records)),
+            Some((first_format, first, all)) => {
+                if *first_format != format {
+                    return Err(DatasetError::MixedTypes {
+                        path: file,
+                        found: format!("{format:?}"),
+                        first: first.clone(),
+                        expected: format!("{first_format:?}"),
+                    });
+                }
+                all.extend(records);
+            }
+        }
+    }
+    out.map(|(format, _, records)| (format, records))
+        .ok_or_else(|| DatasetError::Empty {
+            path: path.to_path_buf(),
+            message: "no *.json files in this folder".into(),
+        })
 }
 
 /// Parses the JSON of a multimodal file; `path` names it in errors and anchors relative
