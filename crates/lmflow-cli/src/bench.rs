@@ -22,11 +22,13 @@ use lmflow_datasets::TokenizedSample;
 use lmflow_infer::{GenerationConfig, Generator, SeededRng};
 use lmflow_models::{CausalLm, LoadOptions, ModelConfig, load_pretrained};
 use lmflow_optim::schedule::ScheduleKind;
+use lmflow_peft::trainable::cast_float_params;
 use lmflow_peft::{LinearVisitor, LoraConfig, Nf4Config, TargetModules, get_peft_model};
 use lmflow_train::{FullModelWeights, LoraWeights, TrainEvent, Trainer, TrainerConfig, WeightsIo};
 use serde_json::json;
 
 use crate::device::{DeviceKind, resolve};
+use crate::dtype::Dtype;
 
 /// Arguments of `lmflow bench`.
 #[derive(clap::Args, Debug)]
@@ -126,9 +128,10 @@ struct Common {
     /// Benchmark a model folder instead of a named shape.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Weight dtype (only f32 is implemented on the CPU backend today).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Weight dtype of the model (LoRA/QLoRA adapters and their optimizer state stay f32;
+    /// `--method full` then trains pure bf16/f16, without f32 master weights).
+    #[arg(long, value_enum, default_value_t)]
+    dtype: Dtype,
     /// Compute device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
@@ -200,13 +203,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn check_dtype(dtype: &str) -> anyhow::Result<()> {
-    if dtype != "f32" {
-        bail!("--dtype {dtype}: only f32 is implemented by `lmflow bench` today");
-    }
-    Ok(())
-}
-
 fn impl_name(device: DeviceKind) -> String {
     let backend = match device {
         DeviceKind::Cpu => "burn flex",
@@ -230,7 +226,11 @@ fn build_model(
     device.seed(common.seed);
     match &common.model {
         Some(dir) => {
-            let pretrained = load_pretrained(dir, device, &LoadOptions::default())?;
+            let options = LoadOptions {
+                dtype: Some(common.dtype.float()),
+                ..LoadOptions::default()
+            };
+            let pretrained = load_pretrained(dir, device, &options)?;
             Ok((
                 pretrained.model,
                 pretrained.config,
@@ -243,6 +243,11 @@ fn build_model(
                 std::path::Path::new("<bench shape>"),
             )?;
             let model = CausalLm::from_config(&config, device)?;
+            // Drawn lazily in f32 and converted one parameter at a time.
+            let model = match common.dtype {
+                Dtype::F32 => model,
+                d => cast_float_params(model, d.float()),
+            };
             Ok((model, config, common.shape.name().to_string()))
         }
     }
@@ -262,7 +267,6 @@ fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>
 
 fn train(args: TrainArgs) -> anyhow::Result<String> {
     let common = &args.common;
-    check_dtype(&common.dtype)?;
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -350,7 +354,7 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
         "shape": shape,
         "method": args.method.name(),
         "device": device_name(common.device),
-        "dtype": common.dtype,
+        "dtype": common.dtype.name(),
         "batch": batch,
         "seq": seq,
         "steps": args.steps,
@@ -365,7 +369,6 @@ fn train(args: TrainArgs) -> anyhow::Result<String> {
 
 fn decode(args: DecodeArgs) -> anyhow::Result<String> {
     let common = &args.common;
-    check_dtype(&common.dtype)?;
     if args.batch == 0 || args.prompt == 0 || args.new_tokens < 2 || args.repeats == 0 {
         bail!("--batch, --prompt and --repeats must be at least 1, --new-tokens at least 2");
     }
@@ -397,7 +400,7 @@ fn decode(args: DecodeArgs) -> anyhow::Result<String> {
         "shape": shape,
         "method": "greedy",
         "device": device_name(common.device),
-        "dtype": common.dtype,
+        "dtype": common.dtype.name(),
         "batch": args.batch,
         "prompt": args.prompt,
         "new_tokens": args.new_tokens,

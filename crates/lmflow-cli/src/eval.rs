@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use burn::tensor::FloatDType;
 use lmflow_datasets::{DatasetType, Instance, ReadOptions, read_dataset};
 use lmflow_infer::{load_model, parse_rope_scaling};
 use lmflow_models::LoadOptions;
 use lmflow_models::eval::evaluate_nll;
 
 use crate::device::{DeviceKind, resolve};
+use crate::dtype::Dtype;
 
 /// Metric reported by `lmflow eval`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,18 +23,6 @@ pub enum Metric {
     /// instance has `options`, else greedy generation with answer extraction (see
     /// `eval_accuracy.rs`).
     Accuracy,
-}
-
-/// Float dtype of the weights during evaluation.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Dtype {
-    /// 32-bit float.
-    #[default]
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
 }
 
 /// Arguments of `lmflow eval`.
@@ -88,11 +76,7 @@ pub struct Args {
 /// Runs `lmflow eval`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = resolve(args.device)?;
-    let dtype = match args.dtype {
-        Dtype::F32 => FloatDType::F32,
-        Dtype::Bf16 => FloatDType::BF16,
-        Dtype::F16 => FloatDType::F16,
-    };
+    let dtype = args.dtype.float();
     let rope_scaling = match &args.rope_scaling {
         Some(json) => Some(parse_rope_scaling(&args.model, json).context("--rope-scaling")?),
         None => None,

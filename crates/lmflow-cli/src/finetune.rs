@@ -19,6 +19,7 @@ use lmflow_train::{
 };
 
 use crate::device::{DeviceKind, resolve};
+use crate::dtype::Dtype;
 use crate::train_flags::TrainFlags;
 
 /// Arguments of `lmflow finetune`.
@@ -122,6 +123,12 @@ pub struct Args {
     /// more compute, same results). LLaMA-family models; not with --lora-dropout.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Dtype the model's weights are stored and computed in. LoRA/DoRA/QLoRA adapters, their
+    /// gradients and optimizer state stay f32; loss and softmax run in f32. With --full,
+    /// bf16/f16 trains pure bf16/f16 (weights, gradients and optimizer moments; no f32 master
+    /// copy). See docs/memory.md.
+    #[arg(long, value_enum, default_value_t)]
+    dtype: Dtype,
     /// Compute device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
@@ -578,6 +585,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The loaded model is moved (never cloned) into the trained model: one copy of the
     // weights for the whole run (a clone would keep the original tensors alive beside the
     // updated ones, or the f32 weights beside their NF4 copy).
+    let load_options = LoadOptions {
+        dtype: Some(args.dtype.float()),
+        ..LoadOptions::default()
+    };
+    if args.full && args.dtype != Dtype::F32 && root {
+        eprintln!(
+            "warning: --full --dtype {}: trains pure {0} (weights, gradients and optimizer \
+             moments in {0}, no f32 master weights): updates smaller than the weight's {0} \
+             rounding step are lost; use --dtype f32 for exact full fine-tuning",
+            args.dtype.name()
+        );
+    }
     let lmflow_models::Pretrained {
         model: base_model,
         tokenizer,
@@ -590,7 +609,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lmflow_models::model::load_pretrained_with_linear_hook(
             &args.model,
             &device,
-            &LoadOptions::default(),
+            &load_options,
             &mut |path, lin| {
                 if path != "lm_head" {
                     lin.quantize_nf4(&nf4);
@@ -598,7 +617,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
         )?
     } else {
-        load_pretrained(&args.model, &device, &LoadOptions::default())?
+        load_pretrained(&args.model, &device, &load_options)?
     };
     let mut base_model = base_model;
     // A bitsandbytes 4-bit checkpoint (`quantization_config`, e.g. a `*-bnb-4bit` Hub model)

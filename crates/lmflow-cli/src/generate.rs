@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::tensor::{Device, FloatDType};
+use burn::tensor::Device;
 use lmflow_datasets::{ChatTemplate, Conversation, Message, Role, TemplateTokens};
 use lmflow_infer::{
     GenerationConfig, GenerationOutput, Generator, SpeculativeGenerator, load_model,
@@ -15,17 +15,7 @@ use lmflow_models::{LoadOptions, Pretrained, Tokenizer};
 
 use crate::device::{DeviceKind, resolve};
 
-/// Float dtype of the weights.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Dtype {
-    /// 32-bit float.
-    #[default]
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
+pub use crate::dtype::Dtype;
 
 /// Model selection shared by `generate` and `chat`.
 #[derive(clap::Args, Debug, Clone)]
@@ -220,11 +210,7 @@ pub fn fit_to_context(
 /// Loads the models named by `args`.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     let device = resolve(args.device)?;
-    let dtype = match args.dtype {
-        Dtype::F32 => FloatDType::F32,
-        Dtype::Bf16 => FloatDType::BF16,
-        Dtype::F16 => FloatDType::F16,
-    };
+    let dtype = args.dtype.float();
     let rope_scaling = match &args.rope_scaling {
         Some(json) => Some(parse_rope_scaling(&args.model, json).context("--rope-scaling")?),
         None => None,

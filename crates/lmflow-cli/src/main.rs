@@ -12,6 +12,7 @@ mod bench;
 mod chat;
 mod data;
 mod device;
+mod dtype;
 mod eval;
 mod eval_accuracy;
 mod finetune;

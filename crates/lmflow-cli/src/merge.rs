@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use lmflow_models::{LoadOptions, load_pretrained};
 
 use crate::device::{DeviceKind, resolve};
+use crate::dtype::Dtype;
 
 /// Arguments of `lmflow merge`.
 #[derive(clap::Args, Debug)]
@@ -21,6 +22,11 @@ pub struct Args {
     /// Output folder for the merged model (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     pub out: PathBuf,
+    /// Dtype the base model is loaded in, merged in and written as (config.json records it).
+    /// As PEFT, the adapter's update `B A` is computed in the adapter's dtype (f32) and added
+    /// to the weight in this dtype.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: Dtype,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
@@ -43,7 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.out,
         &[("--model", &model_dir), ("--adapter", &args.adapter)],
     )?;
-    let mut pretrained = load_pretrained(&model_dir, &device, &LoadOptions::default())
+    let options = LoadOptions {
+        dtype: Some(args.dtype.float()),
+        ..LoadOptions::default()
+    };
+    let mut pretrained = load_pretrained(&model_dir, &device, &options)
         .with_context(|| format!("loading base model {}", model_dir.display()))?;
     let name = "default";
     lmflow_peft::load_adapter(&mut pretrained.model, &args.adapter, name, &device)

@@ -20,7 +20,6 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use burn::tensor::FloatDType;
 use futures_util::stream::{self, Stream};
 use lmflow_datasets::{Conversation, Message, Role};
 use lmflow_infer::{
@@ -211,11 +210,7 @@ fn model_thread(
 ) {
     let loaded = (|| -> anyhow::Result<(Engine, Tokenizer)> {
         let device = resolve(device_kind)?;
-        let dtype = match dtype {
-            Dtype::F32 => FloatDType::F32,
-            Dtype::Bf16 => FloatDType::BF16,
-            Dtype::F16 => FloatDType::F16,
-        };
+        let dtype = dtype.float();
         let options = LoadOptions {
             dtype: Some(dtype),
             rope_scaling: None,

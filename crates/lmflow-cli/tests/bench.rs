@@ -67,11 +67,22 @@ fn bench_decode_reports_prefill_and_decode_rates() {
 }
 
 #[test]
-fn bench_refuses_what_it_does_not_implement() {
+fn bench_train_runs_in_bf16_and_refuses_unknown_dtypes() {
+    for method in ["lora", "qlora"] {
+        let v = bench(&[
+            "train", "--method", method, "--dtype", "bf16", "--batch", "1", "--seq", "8",
+            "--steps", "1", "--warmup", "0",
+        ]);
+        assert_eq!(
+            (v["method"].as_str(), v["dtype"].as_str()),
+            (Some(method), Some("bf16"))
+        );
+        assert!(v["step_s"].as_f64().unwrap() > 0.0);
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_lmflow"))
-        .args(["bench", "train", "--dtype", "bf16", "--steps", "1"])
+        .args(["bench", "train", "--dtype", "f8", "--steps", "1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bf16"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("f8"));
 }

@@ -131,6 +131,60 @@ fn eval_with_adapter_equals_peft_and_the_merged_model() {
 }
 
 #[test]
+fn merge_bf16_writes_the_bf16_weights_peft_merges() {
+    // tests/fixtures/bf16_logits.py: PEFT's merge_and_unload of the same adapter into the base
+    // loaded in bfloat16 (the update computed in f32, rounded once), and transformers loading
+    // the folder `lmflow merge --dtype bf16` wrote.
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = tmp.path().join("merged");
+    let out = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .arg("merge")
+        .arg("--model")
+        .arg(fixtures().join("peft/base"))
+        .arg("--adapter")
+        .arg(fixtures().join("peft/all_linear"))
+        .args(["--dtype", "bf16", "--out"])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lmflow merge failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let got_bytes = std::fs::read(merged.join("model.safetensors")).unwrap();
+    let want_bytes = std::fs::read(fixtures().join("bf16/merged.safetensors")).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got_bytes).unwrap();
+    let want = safetensors::SafeTensors::deserialize(&want_bytes).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (name, w) in want.tensors() {
+        let g = got.tensor(&name).unwrap();
+        assert_eq!(g.dtype(), safetensors::Dtype::BF16, "{name}");
+        assert_eq!(g.shape(), w.shape(), "{name}");
+        let differ = g
+            .data()
+            .chunks_exact(2)
+            .zip(w.data().chunks_exact(2))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{name}: {differ} bf16 values differ from PEFT's merge"
+        );
+    }
+    let check = &serde_json::from_str::<Value>(
+        &std::fs::read_to_string(fixtures().join("bf16/reference.json")).unwrap(),
+    )
+    .unwrap()["rust_merged_bf16"];
+    assert_eq!(check["loaded_by_transformers"], true, "{check}");
+    assert_eq!(check["param_dtypes"], serde_json::json!(["torch.bfloat16"]));
+}
+
+#[test]
 fn eval_bf16_model_with_f32_adapter() {
     // The adapter file is f32; with --dtype bf16 the adapter path runs in f32 (as PEFT) and the
     // figures stay within bf16 rounding of the f32 reference (1e-3; the base model alone is 1%

@@ -222,12 +222,18 @@ impl Linear {
                 // Adapter weights in another dtype than the model (an f32 adapter on a bf16
                 // model): as PEFT, the adapter path runs in the adapter's dtype and the sum is
                 // cast back to the base output's dtype.
+                // Only DoRA reads the base weight: plain LoRA never makes its f32 copy.
                 let out_dtype = base.dtype();
+                let w = if adapter.magnitude.is_some() {
+                    w.cast(dtype)
+                } else {
+                    w
+                };
                 adapter
                     .apply(
                         input.cast(dtype),
                         base.cast(dtype),
-                        w.cast(dtype),
+                        w,
                         bias.map(|b| b.cast(dtype)),
                     )
                     .cast(out_dtype)
@@ -254,7 +260,11 @@ impl Linear {
             name: name.into(),
             reason: "not attached to this layer".into(),
         })?;
+        // As PEFT (`weight.data += delta` promotes to f32): the merge is computed in the
+        // adapter's dtype (f32 adapters on a bf16 model) and rounded once to the weight's.
         let w = self.dense_weight();
+        let w_dtype = w.dtype();
+        let w = same_dtype(w, adapter.lora_a.val().dtype());
         let delta = adapter.delta_weight();
         let (new_w, dora_factor) = match &adapter.magnitude {
             None => (w + delta, None),
@@ -267,6 +277,7 @@ impl Linear {
                 )
             }
         };
+        let new_w = same_dtype(new_w, w_dtype);
         let trainable = self.weight.is_require_grad();
         self.quant = None;
         self.weight = Param::from_tensor(new_w.detach()).set_require_grad(trainable);
@@ -288,13 +299,15 @@ impl Linear {
                 name: rec.name.clone(),
                 reason: "merged adapter was removed before unmerge".into(),
             })?;
+            let w_dtype = self.weight.val().dtype();
+            let mut w = same_dtype(self.weight.val(), adapter.lora_a.val().dtype());
             let delta = adapter.delta_weight();
-            let mut w = self.weight.val();
             if let Some(f) = &rec.dora_factor {
                 w = w / f.clone().unsqueeze_dim::<2>(1);
             }
             let trainable = self.weight.is_require_grad();
-            self.weight = Param::from_tensor((w - delta).detach()).set_require_grad(trainable);
+            let w = same_dtype(w - delta, w_dtype);
+            self.weight = Param::from_tensor(w.detach()).set_require_grad(trainable);
             if rec.name == name {
                 break;
             }
@@ -323,6 +336,11 @@ impl Linear {
         self.quant = Some(Nf4Weight::quantize(w, config));
         self.weight = Param::from_tensor(Tensor::zeros([0, d_in], &device)).set_require_grad(false);
     }
+}
+
+/// `t` in `dtype` (no copy when it already is).
+fn same_dtype<const D: usize>(t: Tensor<D>, dtype: burn::tensor::DType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// `x W^T (+ b)` for a weight stored `[d_output, d_input]`, as one 2-D matmul.

@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 
 use crate::error::PeftError;
 use crate::svd::top_singular_tensor;
@@ -128,10 +128,19 @@ impl LoraAdapter {
             ),
             LoraInit::Pissa => pissa(weight, rank, scale)?,
         };
-        let mut adapter = Self::from_tensors(name, a, b, None, scale, dropout);
+        // Adapters (and so their gradients and optimizer state) are f32 whatever the base
+        // weight's dtype, as PEFT keeps them under autocast; the forward pass casts around them.
+        let f32 = |t: Tensor<2>| {
+            if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(DType::F32)
+            }
+        };
+        let mut adapter = Self::from_tensors(name, f32(a), f32(b), None, scale, dropout);
         if use_dora {
             adapter.magnitude = Some(Param::from_tensor(
-                adapter.dora_weight_norm(weight.clone()).detach(),
+                adapter.dora_weight_norm(f32(weight.clone())).detach(),
             ));
         }
         Ok((adapter, weight))
@@ -253,6 +262,7 @@ fn pissa(
     }
     let a = Tensor::<2>::from_data(burn::tensor::TensorData::new(a, [rank, d_in]), &device);
     let b = Tensor::<2>::from_data(burn::tensor::TensorData::new(b, [d_out, rank]), &device);
-    let residual = weight - b.clone().matmul(a.clone()).mul_scalar(scale);
+    let w_dtype = weight.dtype();
+    let residual = weight - b.clone().matmul(a.clone()).mul_scalar(scale).cast(w_dtype);
     Ok((a, b, residual.detach()))
 }

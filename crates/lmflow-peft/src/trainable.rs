@@ -99,3 +99,31 @@ pub fn count_params<M: Module>(model: &M) -> (usize, usize) {
             (t + if *g { *k } else { 0 }, n + k)
         })
 }
+
+struct CastFloats {
+    dtype: burn::tensor::FloatDType,
+}
+
+impl ModuleMapper for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.dtype;
+        param.map(|t| {
+            if t.dtype() == burn::tensor::DType::from(dtype) {
+                return t;
+            }
+            let require_grad = t.is_require_grad();
+            // Untracked while cast, so that the result is a leaf that may be tracked again.
+            t.set_require_grad(false)
+                .cast(dtype)
+                .set_require_grad(require_grad)
+        })
+    }
+}
+
+/// Stores every float parameter of `model` in `dtype` (ids and `require_grad` kept), one
+/// parameter at a time, e.g. a randomly initialised model in bf16. A loaded model gets its
+/// dtype from `LoadOptions::dtype` instead (converted while reading, never held in f32); apply
+/// this before [`get_peft_model`](crate::get_peft_model) so that the adapters stay f32.
+pub fn cast_float_params<M: Module>(model: M, dtype: burn::tensor::FloatDType) -> M {
+    model.map(&mut CastFloats { dtype })
+}
