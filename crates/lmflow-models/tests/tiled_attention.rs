@@ -312,11 +312,19 @@ fn lora_step(attention: AttentionImpl) -> (f32, Vec<Option<Vec<f32>>>) {
         "config.json".as_ref(),
     )
     .unwrap();
-    let base = CausalLm::from_config(&config, &device).unwrap().no_grad();
+    let mut base = CausalLm::from_config(&config, &device).unwrap().no_grad();
+    // Set before the adapters are injected (as `lmflow finetune` does): the choice survives
+    // injection and module mapping.
+    base.set_attention_impl(attention).unwrap();
     let mut cfg = LoraConfig::new(4, 8.0, TargetModules::Pattern("all-linear".into()));
     cfg.init_lora_weights = lmflow_peft::InitLoraWeights::Bool(false);
-    let (mut model, _) = get_peft_model(base, &cfg, "default").unwrap();
-    model.set_attention_impl(attention).unwrap();
+    let (model, _) = get_peft_model(base, &cfg, "default").unwrap();
+    for m in [&model, &model.valid()] {
+        match m {
+            CausalLm::Llama(m) => assert_eq!(m.attention_impl, attention),
+            _ => unreachable!("a qwen2 model"),
+        }
+    }
     let n = 21;
     let ids: Vec<Vec<i64>> = (0..2)
         .map(|r| (0..n).map(|i| (i * 13 + r * 7 + 3) % 64).collect())
