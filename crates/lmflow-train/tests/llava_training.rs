@@ -36,6 +36,14 @@ const COLOURS: [([f32; 3], u32); 4] = [
     ([30.0, 40.0, 220.0], 22),
     ([220.0, 210.0, 30.0], 23),
 ];
+/// The backend's random generator is shared by the whole process: tests that draw weights run
+/// one at a time so that every run draws the same ones.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
@@ -43,19 +51,23 @@ fn tiny_llava(device: &Device) -> (ModelConfig, LlavaModel) {
     let cfg = ModelConfig::from_json(
         serde_json::json!({
             "model_type": "llava",
+            "architectures": ["LlavaForConditionalGeneration"],
             "image_token_index": IMAGE_TOKEN,
+            "tie_word_embeddings": false,
             "vision_feature_layer": -2,
             "vision_feature_select_strategy": "default",
             "projector_hidden_act": "gelu",
             "vision_config": {
                 "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                 "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": IMAGE_SIZE,
-                "patch_size": PATCH, "projection_dim": 32
+                "patch_size": PATCH, "projection_dim": 32,
+                "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
             },
             "text_config": {
                 "model_type": "llama", "vocab_size": 48, "hidden_size": 32,
                 "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "max_position_embeddings": 64,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
                 "tie_word_embeddings": false
             }
         }),
@@ -235,6 +247,7 @@ fn train_stage1(
 
 #[test]
 fn stage1_projector_learns_colours_and_nothing_else_moves() {
+    let _serial = serial();
     let train = dataset(1, 24, false);
     let held_out = dataset(2, 20, false);
     let started = std::time::Instant::now();
@@ -287,6 +300,7 @@ fn stage1_projector_learns_colours_and_nothing_else_moves() {
 
 #[test]
 fn stage1_on_blank_images_stays_at_chance() {
+    let _serial = serial();
     let train = dataset(1, 24, true);
     let held_out = dataset(2, 20, true);
     let (_, after, _dir) = train_stage1(&train, STEPS);
@@ -294,4 +308,222 @@ fn stage1_on_blank_images_stays_at_chance() {
     eprintln!("blank-image control: held-out accuracy {acc:.3}");
     // Every blank input is the same, so one answer is given to all: 1 in 4 colours.
     assert!(acc <= 0.3, "accuracy {acc} without visual information");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload in transformers / PEFT.
+//
+// `tests/fixtures/llava_train/` holds what this code writes after a short stage 1 (the model
+// folder with its projector files, `stage1/`) and a short stage 2 (a LoRA adapter on the
+// language model with the projector as `modules_to_save`, `stage2_adapter/`) and the inputs
+// used (`inputs.safetensors`). `tests/fixtures/llava_train_reload.py` loads them with
+// `LlavaForConditionalGeneration.from_pretrained` and `PeftModel.from_pretrained` and records
+// transformers' logits (`reference.safetensors`). Regenerate with
+// `LMFLOW_WRITE_LLAVA_FIXTURE=1 cargo test -p lmflow-train --test llava_training reload`, then
+// run the script.
+
+use std::path::{Path, PathBuf};
+
+use lmflow_models::llava::language_model_targets;
+use lmflow_models::{ForwardInput, WeightSource, load_llava};
+use lmflow_peft::{LoraConfig, load_adapter};
+use lmflow_train::LoraWeights;
+use lmflow_train::multimodal::save_projector;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llava_train")
+}
+
+/// Trains `model` for `steps` with `io` and returns the trained model.
+fn train_with<W: lmflow_train::WeightsIo<LlavaModel>>(
+    model: LlavaModel,
+    io: &W,
+    train: &[MultimodalItem],
+    steps: usize,
+    device: &Device,
+) -> LlavaModel {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainerConfig {
+        output_dir: dir.path().to_path_buf(),
+        learning_rate: 1e-2,
+        max_steps: Some(steps),
+        per_device_train_batch_size: 4,
+        lr_scheduler_type: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        weight_decay: 0.0,
+        save_steps: 0,
+        seed: 5,
+        ..TrainerConfig::default()
+    };
+    Trainer::new(config, device.clone(), 0)
+        .unwrap()
+        .train_objective(
+            model,
+            io,
+            &LlavaSftObjective::new(0, None),
+            train,
+            None,
+            &mut |_| {},
+        )
+        .unwrap()
+        .model
+}
+
+/// Two rows (one image each) and their stacked pixel values, on the plain device.
+fn reload_inputs() -> (Tensor<2, burn::tensor::Int>, Tensor<4>) {
+    let items = dataset(9, 1, false)[..2].to_vec();
+    let refs: Vec<&MultimodalItem> = items.iter().collect();
+    let (input, _, pixels) = LlavaSftObjective::new(0, None)
+        .input(&refs, &Device::flex())
+        .unwrap();
+    (input.input_ids, pixels.unwrap())
+}
+
+fn logits_of(
+    model: &LlavaModel,
+    ids: &Tensor<2, burn::tensor::Int>,
+    pixels: &Tensor<4>,
+) -> Vec<f32> {
+    model
+        .valid()
+        .forward(ForwardInput::new(ids.clone()), Some(pixels.clone()), None)
+        .unwrap()
+        .logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn read_f32(file: &Path, name: &str) -> Vec<f32> {
+    let source = WeightSource::from_files(
+        file.parent().unwrap(),
+        &[file.to_path_buf()],
+        &Device::flex(),
+        burn::tensor::FloatDType::F32,
+    )
+    .unwrap();
+    let (_, bytes) = source
+        .raw(name)
+        .unwrap_or_else(|| panic!("{}: no {name}", file.display()));
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn reload_stage1_model_and_stage2_adapter_match_transformers() {
+    let _serial = serial();
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let (cfg, model) = tiny_llava(&device);
+    let train = dataset(4, 4, false);
+
+    // Stage 1: the projector.
+    let (model, _) = prepare_stage(model, &LlavaStage::Projector).unwrap();
+    let stage1 = train_with(
+        model,
+        &ProjectorWeights::new(device.clone(), None),
+        &train,
+        8,
+        &device,
+    );
+    // Stage 2: LoRA on the language model, the projector as modules_to_save.
+    let lora = LoraConfig::new(4, 8.0, language_model_targets(&["q_proj", "v_proj"]));
+    let (model, lora) = prepare_stage(stage1.clone(), &LlavaStage::Lora(Box::new(lora))).unwrap();
+    let lora = lora.unwrap();
+    let stage2 = train_with(
+        model,
+        &LoraWeights::new(lora.clone(), "default", device.clone()),
+        &train,
+        8,
+        &device,
+    );
+    let (ids, pixels) = reload_inputs();
+    let [rows, seq] = ids.dims();
+    let rust_stage1 = logits_of(&stage1, &ids, &pixels);
+    let rust_stage2 = logits_of(&stage2, &ids, &pixels);
+    assert!(
+        max_abs_diff(&rust_stage1, &rust_stage2) > 1e-3,
+        "stage 2 did not change the logits"
+    );
+
+    let fixture = fixture_dir();
+    if std::env::var_os("LMFLOW_WRITE_LLAVA_FIXTURE").is_some() {
+        let stage1_dir = fixture.join("stage1");
+        let plain = stage1.valid();
+        plain.save(&stage1_dir, &cfg).unwrap();
+        save_projector(&plain, &stage1_dir, None).unwrap();
+        let adapter_dir = fixture.join("stage2_adapter");
+        let mut view = stage2.valid();
+        lmflow_peft::save_adapter(&mut view, &lora, "default", &adapter_dir).unwrap();
+        let ids_data = ids.clone().into_data().convert::<i64>();
+        lmflow_models::save_safetensors(
+            &fixture.join("inputs.safetensors"),
+            &[
+                ("input_ids".into(), ids_data),
+                ("pixel_values".into(), pixels.clone().into_data()),
+                (
+                    "rust_logits_stage1".into(),
+                    TensorData::new(rust_stage1.clone(), [rows, seq, 48]),
+                ),
+                (
+                    "rust_logits_stage2".into(),
+                    TensorData::new(rust_stage2.clone(), [rows, seq, 48]),
+                ),
+            ],
+        )
+        .unwrap();
+        eprintln!(
+            "wrote {}; now run tests/fixtures/llava_train_reload.py",
+            fixture.display()
+        );
+        return;
+    }
+
+    // This code still produces the committed fixture (same seeds, same training).
+    let inputs = fixture.join("inputs.safetensors");
+    let committed1 = read_f32(&inputs, "rust_logits_stage1");
+    let committed2 = read_f32(&inputs, "rust_logits_stage2");
+    assert!(max_abs_diff(&rust_stage1, &committed1) < 1e-4);
+    assert!(max_abs_diff(&rust_stage2, &committed2) < 1e-4);
+
+    // transformers' logits of the committed folders (recorded by the script) ...
+    let reference = fixture.join("reference.safetensors");
+    let hf_stage1 = read_f32(&reference, "logits_stage1");
+    let hf_stage2 = read_f32(&reference, "logits_stage2");
+    // The stage-1 PEFT folder (projector as modules_to_save) applied by PEFT on a model with a
+    // scrambled projector.
+    let hf_stage1_peft = read_f32(&reference, "logits_stage1_peft");
+    assert!(max_abs_diff(&rust_stage1, &hf_stage1_peft) < 1e-4);
+    let d1 = max_abs_diff(&rust_stage1, &hf_stage1);
+    let d2 = max_abs_diff(&rust_stage2, &hf_stage2);
+    eprintln!("max |rust - transformers|: stage 1 {d1:.2e}, stage 2 (PEFT) {d2:.2e}");
+    assert!(d1 < 1e-4, "stage-1 model: {d1}");
+    assert!(d2 < 1e-4, "stage-2 adapter: {d2}");
+
+    // ... and Rust reading the same folders back gives them too.
+    let plain = Device::flex();
+    let loaded = load_llava(&fixture.join("stage1"), &plain, &Default::default()).unwrap();
+    let reloaded1 = logits_of(&loaded.model, &ids, &pixels);
+    assert!(max_abs_diff(&reloaded1, &hf_stage1) < 1e-4);
+    let mut with_adapter = loaded.model;
+    load_adapter(
+        &mut with_adapter,
+        &fixture.join("stage2_adapter"),
+        "default",
+        &plain,
+    )
+    .unwrap();
+    let reloaded2 = logits_of(&with_adapter, &ids, &pixels);
+    assert!(max_abs_diff(&reloaded2, &hf_stage2) < 1e-4);
 }
