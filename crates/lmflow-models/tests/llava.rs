@@ -531,3 +531,32 @@ fn unsupported_configurations_are_errors_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn inputs_embeds_equal_token_ids_and_are_refused_outside_the_llama_family() {
+    let device = Device::flex();
+    let llava = load("model", &device);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 20, 30, 40], [1, 4]), &device);
+    let lm = llava.model.language_model();
+    let plain = values(
+        lm.forward(ForwardInput::new(ids.clone()), None)
+            .unwrap()
+            .logits,
+    );
+    let embeds = llava.model.embed(&ids, None).unwrap();
+    let via = ForwardInput::new(ids.clone()).with_inputs_embeds(embeds.clone());
+    assert_eq!(values(lm.forward(via, None).unwrap().logits), plain);
+    // A wrong width is an input error, not a panic.
+    let bad = ForwardInput::new(ids.clone()).with_inputs_embeds(embeds.narrow(2, 0, 8));
+    assert!(matches!(lm.forward(bad, None), Err(ModelError::Input(_))));
+    let gpt2 = lmflow_models::ModelConfig::from_json(
+        serde_json::json!({"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_layer": 1,
+                           "n_head": 2, "n_positions": 32}),
+        "config.json".as_ref(),
+    )
+    .unwrap();
+    let gpt2 = lmflow_models::CausalLm::from_config(&gpt2, &device).unwrap();
+    let input = ForwardInput::new(ids).with_inputs_embeds(Tensor::zeros([1, 4, 16], &device));
+    let err = gpt2.forward(input, None).unwrap_err().to_string();
+    assert!(err.contains("inputs_embeds"), "{err}");
+}
