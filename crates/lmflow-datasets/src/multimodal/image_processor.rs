@@ -19,17 +19,22 @@
 //! # Which transformers path this matches
 //! In transformers 5.x, `AutoImageProcessor` / `LlavaProcessor` pick the **torchvision** backend
 //! (class `CLIPImageProcessor`) when torchvision is installed and the **PIL** backend
-//! (`CLIPImageProcessorPil`) otherwise, or with `backend="pil"`. This module implements the
-//! PIL backend exactly: on the test images (RGB, RGBA, grayscale, palette; up- and
-//! downscaled; bicubic and bilinear) the pixel values are bit-identical to transformers 5.24
-//! with Pillow 13. Both backends give the same values for an image already at the target
-//! size. After a resize, torchvision's float antialiased bicubic (no rounding between the
-//! passes) differs from Pillow's: on the test images by 1 `uint8` level at most in smooth
-//! areas (0.015 after normalising with the OpenAI CLIP std), up to 6 levels (0.085) next to
-//! hard transparency edges at 32 px and 14 levels (0.21) for a ×11 upscale to 224 px, with a
-//! mean of 0.002-0.0035. (The torchvision numbers come from torch's
-//! `interpolate(mode="bicubic", antialias=True)` + clamp + round, which is what torchvision's
-//! resize does on `uint8` tensors; torchvision itself was not installed.)
+//! (`CLIPImageProcessorPil`) otherwise, or with `backend="pil"`. Both are available here
+//! ([`ImageBackend`]); the default is [`ImageBackend::Pil`]:
+//!
+//! - [`ImageBackend::Pil`] is exact: on the test images (RGB, RGBA, grayscale, palette; up-
+//!   and downscaled; bicubic and bilinear; 32 px and the 224 px default) the pixel values are
+//!   bit-identical to transformers 5.24 with Pillow 13;
+//! - [`ImageBackend::Torchvision`] reproduces torch's antialiased float resize (horizontal then
+//!   vertical pass without rounding in between, clamp, round half to even), bit-identical on the
+//!   test images to `torch.nn.functional.interpolate(mode="bicubic", antialias=True)` + clamp +
+//!   round, which is what torchvision's resize does on `uint8` tensors (torchvision itself was
+//!   not installed where the fixtures were made).
+//!
+//! The two backends agree exactly for an image already at the target size. After a resize they
+//! differ by at most one `uint8` level in smooth areas (0.015 after normalising with the OpenAI
+//! CLIP std), up to 6 levels (0.085) next to hard transparency edges at 32 px and 14 levels
+//! (0.21) for a ×11 upscale to 224 px; the mean difference is 0.002-0.0035.
 //!
 //! # Example
 //! ```
@@ -662,17 +667,166 @@ pub fn resize_pil(
         .ok_or_else(|| DatasetError::Config("internal error: resized buffer size".into()))
 }
 
+/// torch's antialiased interpolation weights (`_compute_weights_aa`, `float` tensors): per
+/// output index, the first input index and the normalised weights.
+fn torch_aa_weights(
+    in_size: usize,
+    out_size: usize,
+    filter: Resample,
+) -> Result<Vec<(usize, Vec<f32>)>> {
+    let interp: f32 = match filter {
+        Resample::Bicubic => 4.0,
+        Resample::Bilinear => 2.0,
+        other => {
+            return Err(DatasetError::Config(format!(
+                "the torchvision backend supports bicubic and bilinear resampling, not {other:?}"
+            )));
+        }
+    };
+    let eval = |x: f32| -> f32 {
+        let x = x.abs();
+        match filter {
+            Resample::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            _ => {
+                const A: f32 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    };
+    let scale = in_size as f32 / out_size as f32;
+    let support = if scale >= 1.0 {
+        interp * 0.5 * scale
+    } else {
+        interp * 0.5
+    };
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let max_size = (support.ceil() as i64) * 2 + 1;
+    Ok((0..out_size)
+        .map(|i| {
+            let center = (f64::from(scale) * (i as f64 + 0.5)) as f32;
+            let xmin = ((f64::from(center) - f64::from(support) + 0.5) as i64).max(0);
+            let xsize = (((f64::from(center) + f64::from(support) + 0.5) as i64)
+                .min(in_size as i64)
+                - xmin)
+                .clamp(0, max_size);
+            let mut w: Vec<f32> = (0..xsize)
+                .map(|j| {
+                    eval(
+                        (((j + xmin) as f64 - f64::from(center) + 0.5) * f64::from(invscale))
+                            as f32,
+                    )
+                })
+                .collect();
+            let total: f32 = w.iter().fold(0.0, |a, &b| a + b);
+            if total != 0.0 {
+                for x in &mut w {
+                    *x /= total;
+                }
+            }
+            (xmin as usize, w)
+        })
+        .collect())
+}
+
+/// Resizes as transformers' torchvision backend does for a `uint8` image: torch's
+/// antialiased `interpolate` on `float` (horizontal pass, then vertical, no rounding in
+/// between), then clamp to 0..=255 and round half to even.
+pub fn resize_torchvision(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> Result<RgbImage> {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    if (in_w, in_h) == (width, height) {
+        return Ok(image.clone());
+    }
+    if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
+        return Err(DatasetError::Config(format!(
+            "cannot resize a {in_w}x{in_h} image to {width}x{height}"
+        )));
+    }
+    let src: Vec<f32> = image.as_raw().iter().map(|&v| f32::from(v)).collect();
+    let (tmp, tmp_w) = if width != in_w {
+        let wts = torch_aa_weights(in_w, width, filter)?;
+        let mut out = vec![0f32; in_h * width * 3];
+        for y in 0..in_h {
+            for (xx, (xmin, k)) in wts.iter().enumerate() {
+                for c in 0..3 {
+                    let mut t = 0f32;
+                    for (j, &wt) in k.iter().enumerate() {
+                        let v = src[(y * in_w + xmin + j) * 3 + c] * wt;
+                        t = if j == 0 { v } else { t + v };
+                    }
+                    out[(y * width + xx) * 3 + c] = t;
+                }
+            }
+        }
+        (out, width)
+    } else {
+        (src, in_w)
+    };
+    let out = if height != in_h {
+        let wts = torch_aa_weights(in_h, height, filter)?;
+        let mut out = vec![0f32; height * tmp_w * 3];
+        for (yy, (ymin, k)) in wts.iter().enumerate() {
+            for x in 0..tmp_w {
+                for c in 0..3 {
+                    let mut t = 0f32;
+                    for (j, &wt) in k.iter().enumerate() {
+                        let v = tmp[((ymin + j) * tmp_w + x) * 3 + c] * wt;
+                        t = if j == 0 { v } else { t + v };
+                    }
+                    out[(yy * tmp_w + x) * 3 + c] = t;
+                }
+            }
+        }
+        out
+    } else {
+        tmp
+    };
+    let bytes = out
+        .iter()
+        .map(|&v| v.clamp(0.0, 255.0).round_ties_even() as u8)
+        .collect();
+    RgbImage::from_raw(width as u32, height as u32, bytes)
+        .ok_or_else(|| DatasetError::Config("internal error: resized buffer size".into()))
+}
+
 /// Centre crop as transformers' `center_crop` (numpy): offset `(H - h) // 2`, zero padding
 /// around an image smaller than the crop (transformers pads by `ceil((h - H) / 2)` before the
 /// cut, which places source row `(H - h) // 2 + y` at output row `y` in every case).
-fn center_crop(image: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
+///
+/// The torchvision backend pads by `(h - H) // 2` before the cut instead, which differs by one
+/// pixel for odd padding.
+fn center_crop(image: &RgbImage, crop_h: usize, crop_w: usize, backend: ImageBackend) -> RgbImage {
     let (w, h) = (image.width() as usize, image.height() as usize);
     if (w, h) == (crop_w, crop_h) {
         return image.clone();
     }
-    // Python floor division (values may be negative).
-    let top = (h as i64 - crop_h as i64).div_euclid(2);
-    let left = (w as i64 - crop_w as i64).div_euclid(2);
+    let offset = |size: usize, crop: usize| -> i64 {
+        let d = size as i64 - crop as i64;
+        match backend {
+            // Python floor division (values may be negative).
+            ImageBackend::Pil => d.div_euclid(2),
+            ImageBackend::Torchvision if d < 0 => -((-d) / 2),
+            ImageBackend::Torchvision => d / 2,
+        }
+    };
+    let top = offset(h, crop_h);
+    let left = offset(w, crop_w);
     let src = image.as_raw();
     let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
     for y in 0..crop_h {
@@ -692,16 +846,45 @@ fn center_crop(image: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
     out
 }
 
+/// Which transformers backend to reproduce (they differ only when an image is resized).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageBackend {
+    /// `CLIPImageProcessorPil` (transformers without torchvision, or `backend="pil"`):
+    /// Pillow's fixed-point two-pass resize, bit-exact.
+    #[default]
+    Pil,
+    /// `CLIPImageProcessor` with torchvision (transformers' default when torchvision is
+    /// installed): torch's antialiased float resize (horizontal then vertical pass, no rounding
+    /// in between), clamped and rounded half-to-even to `uint8`; bicubic and bilinear only.
+    Torchvision,
+}
+
 /// A CLIP image processor (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessor {
     config: ImageProcessorConfig,
+    backend: ImageBackend,
 }
 
 impl ImageProcessor {
     /// A processor with these settings.
     pub fn new(config: ImageProcessorConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            backend: ImageBackend::Pil,
+        }
+    }
+
+    /// The same processor reproducing another transformers backend.
+    pub fn with_backend(mut self, backend: ImageBackend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend reproduced.
+    pub fn backend(&self) -> ImageBackend {
+        self.backend
     }
 
     /// Reads the config of a model/processor folder ([`ImageProcessorConfig::from_dir`]).
@@ -738,12 +921,20 @@ impl ImageProcessor {
         };
         let rgb = if c.do_resize {
             let (h, w) = c.resized_size(rgb.height() as usize, rgb.width() as usize);
-            resize_pil(&rgb, w, h, c.resample)?
+            match self.backend {
+                ImageBackend::Pil => resize_pil(&rgb, w, h, c.resample)?,
+                ImageBackend::Torchvision => resize_torchvision(&rgb, w, h, c.resample)?,
+            }
         } else {
             rgb
         };
         Ok(if c.do_center_crop {
-            center_crop(&rgb, c.crop_size.0 as usize, c.crop_size.1 as usize)
+            center_crop(
+                &rgb,
+                c.crop_size.0 as usize,
+                c.crop_size.1 as usize,
+                self.backend,
+            )
         } else {
             rgb
         })
@@ -777,13 +968,23 @@ impl ImageProcessor {
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let mean = c.image_mean.map(|m| m as f32);
         let std = c.image_std.map(|s| s as f32);
+        // torchvision backend: rescale folded into mean/std, in f32.
+        let inv = (1.0 / c.rescale_factor) as f32;
+        let fused = self.backend == ImageBackend::Torchvision && c.do_rescale && c.do_normalize;
+        let (tv_mean, tv_std) = (mean.map(|m| m * inv), std.map(|s| s * inv));
         let raw = rgb.as_raw();
         let mut data = vec![0f32; 3 * h * w];
         for ch in 0..3 {
             let plane = &mut data[ch * h * w..(ch + 1) * h * w];
             for (i, v) in plane.iter_mut().enumerate() {
                 let x = raw[i * 3 + ch];
-                let mut f = if c.do_rescale {
+                if fused {
+                    *v = (f32::from(x) - tv_mean[ch]) / tv_std[ch];
+                    continue;
+                }
+                let mut f = if c.do_rescale && self.backend == ImageBackend::Torchvision {
+                    f32::from(x) * c.rescale_factor as f32
+                } else if c.do_rescale {
                     (f64::from(x) * c.rescale_factor) as f32
                 } else {
                     f32::from(x)

@@ -15,8 +15,9 @@ pub mod processor;
 pub mod records;
 
 pub use image_processor::{
-    ImageProcessor, ImageProcessorConfig, ImageSize, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-    PixelValues, Resample, load_image, resize_pil, stack_pixel_values, to_rgb_white_background,
+    ImageBackend, ImageProcessor, ImageProcessorConfig, ImageSize, OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD, PixelValues, Resample, load_image, resize_pil, resize_torchvision,
+    stack_pixel_values, to_rgb_white_background,
 };
 pub use processor::{
     LlavaProcessor, LlavaProcessorConfig, VisionFeatureSelectStrategy, expand_markers,
