@@ -22,6 +22,8 @@ use crate::device::{DeviceKind, resolve};
 use crate::dtype::Dtype;
 use crate::train_flags::TrainFlags;
 
+mod multimodal;
+
 /// Arguments of `lmflow finetune`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -140,6 +142,20 @@ pub struct Args {
     /// `cuda:0,cuda:1` (or `cpu,cpu`). `--batch-size` is per device. See docs/distributed.md.
     #[arg(long, conflicts_with_all = ["distributed", "device"])]
     devices: Option<String>,
+    /// LLaVA models: folder the image paths of the dataset are relative to (default: the
+    /// dataset file's folder). The data is LLaVA's JSON or LMFlow conversations with `images`;
+    /// see docs/multimodal.md.
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// LLaVA stage 1 (LLaVA's `--tune_mm_mlp_adapter`): train the projector only (vision
+    /// tower and language model frozen); `final/` gets mm_projector.safetensors, a PEFT folder
+    /// and the whole model.
+    #[arg(long)]
+    tune_mm_mlp_adapter: bool,
+    /// LLaVA stage 2: start from this stage-1 projector (mm_projector.safetensors, or a
+    /// stage-1 `final/` folder), as LLaVA's `--pretrain_mm_mlp_adapter`.
+    #[arg(long)]
+    pretrain_mm_mlp_adapter: Option<PathBuf>,
 }
 
 /// `--distributed`: how the ranks of a data-parallel run find each other.
@@ -555,6 +571,19 @@ pub fn default_block_size(model_max_length: Option<usize>) -> usize {
 
 /// Runs `lmflow finetune`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if lmflow_models::llava::is_llava_dir(&args.model) {
+        return multimodal::run(args);
+    }
+    if args.image_folder.is_some()
+        || args.tune_mm_mlp_adapter
+        || args.pretrain_mm_mlp_adapter.is_some()
+    {
+        bail!(
+            "{}: --image-folder, --tune-mm-mlp-adapter and --pretrain-mm-mlp-adapter need a LLaVA \
+             model folder (config.json with model_type \"llava\")",
+            args.model.display()
+        );
+    }
     validate_args(&args)?;
     let mut cfg = trainer_config(&args)?;
     cfg.validate()?;
