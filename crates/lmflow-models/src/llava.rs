@@ -371,6 +371,33 @@ impl LlavaModel {
         Ok(model)
     }
 
+    /// Like [`LlavaModel::load`], handing every linear layer to `on_linear` with its module
+    /// (PEFT) path as soon as it is read: e.g. to quantise the language model to NF4 while
+    /// loading (`|path, l| if path.starts_with(LANGUAGE_MODEL_PREFIX) { l.quantize_nf4(&cfg) }`).
+    ///
+    /// # Errors
+    /// As [`LlavaModel::load`].
+    pub fn load_with_linear_hook(
+        config: &ModelConfig,
+        weights: &WeightSource,
+        on_linear: &mut dyn FnMut(&str, &mut Linear),
+    ) -> Result<Self, ModelError> {
+        let mut model = Self::from_config(config, weights.device())?;
+        let mut loader = crate::hub::Loader::new(weights);
+        let mut spelled = SpelledAs {
+            inner: &mut loader,
+            name: &|canonical: &str| stored_spelling(canonical, weights),
+        };
+        model.visit_tensors(
+            &HubPath::root(),
+            &mut HookAfter {
+                inner: &mut spelled,
+                hook: on_linear,
+            },
+        )?;
+        Ok(model)
+    }
+
     /// Replaces the projector's weights by those of `weights` (a file with
     /// `multi_modal_projector.linear_{1,2}.*` in any spelling [`LlavaModel::load`] accepts, e.g.
     /// one written by [`LlavaModel::projector_state_dict`] + [`crate::save_safetensors`]).
@@ -774,6 +801,38 @@ impl TensorVisitor for SpelledAs<'_, '_> {
     ) -> Result<(), ModelError> {
         let path = self.map(path);
         self.inner.embedding(&path, table)
+    }
+}
+
+/// Passes every tensor on, then hands each linear layer to `hook` under the path it was
+/// visited with (the module name, before any respelling).
+struct HookAfter<'v, 'h> {
+    inner: &'v mut dyn TensorVisitor,
+    hook: &'h mut dyn FnMut(&str, &mut Linear),
+}
+
+impl TensorVisitor for HookAfter<'_, '_> {
+    fn param(&mut self, name: &HubPath, param: ParamSlot<'_>) -> Result<(), ModelError> {
+        self.inner.param(name, param)
+    }
+
+    fn linear(
+        &mut self,
+        path: &HubPath,
+        linear: &mut Linear,
+        layout: WeightLayout,
+    ) -> Result<(), ModelError> {
+        self.inner.linear(path, linear, layout)?;
+        (self.hook)(path.as_str(), linear);
+        Ok(())
+    }
+
+    fn embedding(
+        &mut self,
+        path: &HubPath,
+        table: &mut Param<Tensor<2>>,
+    ) -> Result<(), ModelError> {
+        self.inner.embedding(path, table)
     }
 }
 

@@ -560,3 +560,60 @@ fn inputs_embeds_equal_token_ids_and_are_refused_outside_the_llama_family() {
     let err = gpt2.forward(input, None).unwrap_err().to_string();
     assert!(err.contains("inputs_embeds"), "{err}");
 }
+
+#[test]
+fn linear_hook_sees_module_names_and_can_quantise_the_language_model() {
+    let device = Device::flex();
+    let dir = fixtures().join("model");
+    let config = lmflow_models::ModelConfig::from_dir(&dir).unwrap();
+    let weights = lmflow_models::WeightSource::open(&dir, &device, FloatDType::F32).unwrap();
+    let nf4 = lmflow_peft::Nf4Config::new();
+    let mut seen = Vec::new();
+    let model = lmflow_models::LlavaModel::load_with_linear_hook(&config, &weights, &mut |p, l| {
+        seen.push(p.to_string());
+        if p.starts_with(lmflow_models::llava::LANGUAGE_MODEL_PREFIX) {
+            l.quantize_nf4(&nf4);
+        }
+    })
+    .unwrap();
+    let mut all = Vec::new();
+    model.visit_linears(&mut |p, _| all.push(p.to_string()));
+    assert_eq!(seen, all);
+    let mut quantised = 0;
+    model.visit_linears(&mut |p, l| {
+        assert_eq!(
+            l.quant.is_some(),
+            p.starts_with("model.language_model."),
+            "{p}"
+        );
+        quantised += usize::from(l.quant.is_some());
+    });
+    assert_eq!(quantised, 14);
+    let r = reference();
+    let refs = RefTensors::load();
+    let entry = &r["variants"]["default"]["cases"]["single"];
+    let logits = model
+        .forward(
+            ForwardInput::new(int2(&entry["input_ids"], &device)),
+            refs.pixels("default.single.pixel_values", &device),
+            None,
+        )
+        .unwrap()
+        .logits;
+    // The same as quantising those layers after a plain load.
+    let mut after = load("model", &device).model;
+    after.visit_linears_mut(&mut |p, l| {
+        if p.starts_with("model.language_model.") {
+            l.quantize_nf4(&nf4);
+        }
+    });
+    let want = after
+        .forward(
+            ForwardInput::new(int2(&entry["input_ids"], &device)),
+            refs.pixels("default.single.pixel_values", &device),
+            None,
+        )
+        .unwrap()
+        .logits;
+    assert_eq!(values(logits), values(want));
+}
