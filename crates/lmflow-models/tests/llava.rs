@@ -260,7 +260,19 @@ fn every_checkpoint_spelling_loads_to_the_same_model() {
         Some(rest) => format!("vision_tower.vision_model.{rest}"),
         None => n.to_string(),
     });
-    for dir in [&canonical, &hub] {
+    // transformers 4.5x saves of Hub checkpoints: model.vision_tower.vision_model.*.
+    let mixed = respelled(&|n| {
+        if let Some(rest) = n.strip_prefix("vision_tower.") {
+            format!("model.vision_tower.vision_model.{rest}")
+        } else if let Some(rest) = n.strip_prefix("language_model.model.") {
+            format!("model.language_model.{rest}")
+        } else if let Some(rest) = n.strip_prefix("language_model.") {
+            rest.to_string()
+        } else {
+            format!("model.{n}")
+        }
+    });
+    for dir in [&canonical, &hub, &mixed] {
         assert_eq!(single_logits(dir.path(), &device), original);
     }
     // A missing tensor is named in transformers' spelling, with the file.
