@@ -38,6 +38,16 @@ fn reference() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     out
 }
 
+/// The fixture image `name` (`.png`, or `.jpg` for the JPEG).
+fn image_path(name: &str) -> PathBuf {
+    let png = fixtures().join("images").join(format!("{name}.png"));
+    if png.is_file() {
+        png
+    } else {
+        fixtures().join("images").join(format!("{name}.jpg"))
+    }
+}
+
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -58,15 +68,39 @@ fn pixel_values_match_transformers_pil_backend() {
         }
         let (config, image) = name.split_once('/').unwrap();
         let processor = ImageProcessor::from_dir(fixtures().join(config)).unwrap();
-        let got = processor
-            .preprocess_path(fixtures().join("images").join(format!("{image}.png")))
-            .unwrap();
+        let got = processor.preprocess_path(image_path(image)).unwrap();
         assert_eq!(got.shape.to_vec(), shape, "{name}");
         let d = max_abs(&got.data, &want);
-        assert!(d <= 1e-5, "{name}: max |diff| {d}");
+        // The JPEG decoders differ (see `jpeg_decoding_difference_is_small`).
+        let tol = if image == "photo" { 0.05 } else { 1e-5 };
+        assert!(d <= tol, "{name}: max |diff| {d}");
         checked += 1;
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 18);
+}
+
+/// JPEG decoding: the `image` crate (zune-jpeg) and Pillow (libjpeg-turbo) differ by a few
+/// levels on some pixels of a quality-90 4:2:0 JPEG (chroma upsampling / IDCT rounding).
+#[test]
+fn jpeg_decoding_difference_is_small() {
+    let bytes = std::fs::read(fixtures().join("pixel_values.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want = st.tensor("decoded/photo").unwrap();
+    let got = load_image(image_path("photo")).unwrap().to_rgb8();
+    assert_eq!(
+        want.shape(),
+        &[got.height() as usize, got.width() as usize, 3]
+    );
+    let diffs: Vec<i32> = got
+        .as_raw()
+        .iter()
+        .zip(want.data())
+        .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+        .collect();
+    let max = diffs.iter().copied().max().unwrap();
+    let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+    // Measured: max 4 levels, mean 0.42.
+    assert!(max <= 6 && mean <= 1.0, "max {max}, mean {mean}");
 }
 
 /// CLIP's default 224 px config (bicubic upscale of an RGBA image, centre crop): the `uint8`
@@ -104,9 +138,7 @@ fn torchvision_backend_difference_is_bounded() {
         };
         let (config, image) = rest.split_once('/').unwrap();
         let processor = ImageProcessor::from_dir(fixtures().join(config)).unwrap();
-        let got = processor
-            .preprocess_path(fixtures().join("images").join(format!("{image}.png")))
-            .unwrap();
+        let got = processor.preprocess_path(image_path(image)).unwrap();
         let d = max_abs(&got.data, &want);
         let mean: f32 = got
             .data
@@ -119,16 +151,16 @@ fn torchvision_backend_difference_is_bounded() {
         let tv = processor
             .clone()
             .with_backend(ImageBackend::Torchvision)
-            .preprocess_path(fixtures().join("images").join(format!("{image}.png")))
+            .preprocess_path(image_path(image))
             .unwrap();
         let d_tv = max_abs(&tv.data, &want);
-        assert!(
-            d_tv <= 1e-5,
-            "{name}: torchvision backend max |diff| {d_tv}"
-        );
+        // The JPEG decoders differ (see `jpeg_decoding_difference_is_small`).
+        let tol = if image == "photo" { 0.05 } else { 1e-5 };
+        assert!(d_tv <= tol, "{name}: torchvision backend max |diff| {d_tv}");
         if image == "target_rgb" {
             assert!(d <= 1e-5, "{name}: {d}");
-        } else {
+        } else if image != "photo" {
+            // (The JPEG is left out: its decoding difference would add to the resize's.)
             // 0.09 = 6 uint8 levels / 255 / std (hard alpha edges ring more in float);
             // on average under half a level.
             assert!(d <= 0.09 && mean <= 0.005, "{name}: max {d}, mean {mean}");
