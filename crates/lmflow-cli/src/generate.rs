@@ -304,6 +304,10 @@ pub struct Args {
     /// Print one JSON object per output: {"prompt_ids", "new_ids", "text", ...}.
     #[arg(long)]
     json: bool,
+    /// LLaVA models: an image for the prompt's `<image>` marker (repeat for several markers,
+    /// in order). The image is only in the prefill; decoding uses the KV cache.
+    #[arg(long)]
+    image: Vec<PathBuf>,
 }
 
 fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -337,6 +341,15 @@ fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Runs `lmflow generate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if lmflow_models::llava::is_llava_dir(&args.model.model) {
+        return run_llava(&args);
+    }
+    if !args.image.is_empty() {
+        bail!(
+            "{}: --image needs a LLaVA model folder (config.json with model_type \"llava\")",
+            args.model.model.display()
+        );
+    }
     let prompts = match &args.input {
         Some(path) => read_prompts(path)?,
         None => args.prompt.clone(),
@@ -395,6 +408,131 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 )?;
                 writeln!(stdout, "{text}")?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `lmflow generate` with a LLaVA model: each prompt (with `--chat`, wrapped in the chat
+/// template) has its `<image>` markers expanded by the processor and replaced by the images'
+/// features in the prefill; decoding is greedy with the KV cache.
+fn run_llava(args: &Args) -> anyhow::Result<()> {
+    use lmflow_datasets::multimodal::{LlavaProcessor, load_image, stack_pixel_values};
+
+    let sampling = &args.sampling;
+    if sampling.temperature.is_some()
+        || sampling.top_p.is_some()
+        || sampling.top_k.is_some()
+        || sampling.min_p.is_some()
+        || args.num_return_sequences > 1
+        || sampling.repetition_penalty != 1.0
+        || !sampling.stop.is_empty()
+    {
+        bail!(
+            "LLaVA models generate greedily for now: sampling options, --repetition-penalty, \
+             --stop and --num-return-sequences are not supported with them"
+        );
+    }
+    if args.model.draft_model.is_some() {
+        bail!("--draft-model is not supported with LLaVA models yet");
+    }
+    let prompts = match &args.input {
+        Some(path) => read_prompts(path)?,
+        None => args.prompt.clone(),
+    };
+    if prompts.is_empty() {
+        bail!("no prompts given");
+    }
+    let device = resolve(args.model.device)?;
+    let options = LoadOptions {
+        dtype: Some(args.model.dtype.float()),
+        rope_scaling: None,
+    };
+    let loaded = lmflow_models::load_llava(&args.model.model, &device, &options)
+        .with_context(|| format!("loading LLaVA model {}", args.model.model.display()))?;
+    let mut loaded = loaded;
+    if let Some(dir) = &args.model.adapter {
+        // A stage-2 adapter: LoRA on the language model, the projector as modules_to_save.
+        lmflow_peft::load_adapter(&mut loaded.model, dir, "default", &device)
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+    }
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{}: no tokenizer.json in the model folder",
+            args.model.model.display()
+        )
+    })?;
+    let processor = LlavaProcessor::from_dir(&args.model.model, tokenizer)?;
+    let images = args
+        .image
+        .iter()
+        .map(load_image)
+        .collect::<Result<Vec<_>, _>>()?;
+    let eos = tokenizer.eos_token_ids().to_vec();
+    let mut stdout = std::io::stdout().lock();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let text = if args.chat {
+            let template = ChatTemplate::resolve(&args.chat_template, tokenizer)
+                .with_context(|| format!("chat template `{}`", args.chat_template))?;
+            template.render_text(
+                &user_conversation(args.system.clone(), prompt),
+                &TemplateTokens::from_tokenizer(tokenizer),
+                true,
+            )?
+        } else {
+            prompt.clone()
+        };
+        let markers = text.matches(processor.image_token()).count();
+        let used = &images[..markers.min(images.len())];
+        if markers != images.len() {
+            bail!(
+                "prompt {index} has {markers} {} marker(s) but {} --image given",
+                processor.image_token(),
+                images.len()
+            );
+        }
+        // The chat template writes the special tokens itself.
+        let (ids, pixels) = processor.encode_prompt(tokenizer, &text, used, !args.chat)?;
+        let max_new = fit_to_context(
+            sampling.max_new_tokens,
+            ids.len(),
+            loaded.model.language_model.max_position_embeddings(),
+        )?;
+        let ids_tensor = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(
+                ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(),
+                [1, ids.len()],
+            ),
+            &device,
+        );
+        let pixel_values = if pixels.is_empty() {
+            None
+        } else {
+            let (values, dims) = stack_pixel_values(&pixels)?;
+            Some(burn::tensor::Tensor::<4>::from_data(
+                burn::tensor::TensorData::new(values, dims),
+                &device,
+            ))
+        };
+        let out = loaded
+            .model
+            .greedy_generate(ids_tensor, None, pixel_values, max_new, &eos)?;
+        let new_ids = out.into_iter().next().unwrap_or_default();
+        let text = tokenizer.decode(&new_ids, true)?;
+        if args.json {
+            let line = serde_json::json!({
+                "prompt_index": index,
+                "prompt_ids": ids,
+                "new_ids": new_ids,
+                "text": text,
+                "images": args.image,
+            });
+            writeln!(stdout, "{line}")?;
+        } else if prompts.len() == 1 {
+            writeln!(stdout, "{text}")?;
+        } else {
+            writeln!(stdout, "=== prompt {index}: {prompt}")?;
+            writeln!(stdout, "{text}")?;
         }
     }
     Ok(())
