@@ -36,6 +36,11 @@
 //! CLIP std), up to 6 levels (0.085) next to hard transparency edges at 32 px and 14 levels
 //! (0.21) for a ×11 upscale to 224 px; the mean difference is 0.002-0.0035.
 //!
+//! Decoding: PNG and JPEG through the `image` crate. PNG decoding is lossless and equal to
+//! Pillow's; JPEG decoders differ (zune-jpeg here, libjpeg-turbo in Pillow): on the test JPEG
+//! (quality 90, 4:2:0) by up to 4 levels per pixel (mean 0.42), which gives pixel values up
+//! to 0.044 apart after processing.
+//!
 //! # Example
 //! ```
 //! use lmflow_datasets::multimodal::{ImageProcessor, ImageProcessorConfig};
