@@ -71,10 +71,27 @@ pub struct Args {
     /// Compute device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
+    /// LLaVA models: folder the dataset's image paths are relative to (default: the dataset
+    /// file's folder). The dataset is LLaVA's JSON or LMFlow conversations with `images`; the
+    /// NLL covers the assistant turns (see docs/multimodal.md).
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// LLaVA models: chat template rendering the conversations (`tokenizer` or a preset).
+    #[arg(long, default_value = "tokenizer")]
+    template: String,
 }
 
 /// Runs `lmflow eval`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if lmflow_models::llava::is_llava_dir(&args.model) {
+        return run_llava(&args);
+    }
+    if args.image_folder.is_some() {
+        bail!(
+            "{}: --image-folder needs a LLaVA model folder (config.json with model_type \"llava\")",
+            args.model.display()
+        );
+    }
     let device = resolve(args.device)?;
     let dtype = args.dtype.float();
     let rope_scaling = match &args.rope_scaling {
@@ -183,6 +200,96 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "predicted_tokens": stats.predicted_tokens,
         "ppl": stats.ppl(),
         "samples": stats.samples,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `lmflow eval` with a LLaVA model on multimodal conversations: the NLL of the assistant
+/// turns given the images and prompts (image and prompt tokens are not scored).
+fn run_llava(args: &Args) -> anyhow::Result<()> {
+    use lmflow_datasets::multimodal::{
+        LlavaProcessor, MultimodalEncoder, MultimodalReadOptions, read_multimodal,
+    };
+    use lmflow_datasets::{ChatTemplate, SampleEncoder, TokenizeConfig};
+    use lmflow_train::Objective;
+    use lmflow_train::multimodal::{LlavaSftObjective, MultimodalItem};
+
+    if args.metric == Metric::Accuracy || args.stride.is_some() || args.rope_scaling.is_some() {
+        bail!(
+            "LLaVA models: `lmflow eval` computes nll / ppl (no --stride, --rope-scaling or accuracy)"
+        );
+    }
+    let device = resolve(args.device)?;
+    let opts = LoadOptions {
+        dtype: Some(args.dtype.float()),
+        rope_scaling: None,
+    };
+    let mut loaded = lmflow_models::load_llava(&args.model, &device, &opts)
+        .with_context(|| format!("loading LLaVA model {}", args.model.display()))?;
+    if let Some(dir) = &args.adapter {
+        lmflow_peft::load_adapter(&mut loaded.model, dir, "default", &device)
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+    }
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{}: no tokenizer.json in the model folder",
+            args.model.display()
+        )
+    })?;
+    let template = ChatTemplate::resolve(&args.template, tokenizer)
+        .with_context(|| format!("--template {}", args.template))?;
+    let processor = LlavaProcessor::from_dir(&args.model, tokenizer)?;
+    let block_size = args
+        .block_size
+        .unwrap_or_else(|| loaded.model.language_model.max_position_embeddings());
+    let text = SampleEncoder::new(
+        tokenizer,
+        Some(&template),
+        TokenizeConfig {
+            block_size,
+            ..TokenizeConfig::default()
+        },
+    )?;
+    let encoder = MultimodalEncoder::new(&text, &processor);
+    let (_, records) = read_multimodal(
+        &args.dataset,
+        &MultimodalReadOptions {
+            image_folder: args.image_folder.clone(),
+            check_images: true,
+        },
+    )?;
+    let items = records
+        .iter()
+        .map(|r| Ok(MultimodalItem::from(encoder.encode(r)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pad_id = tokenizer
+        .pad_token_id()
+        .or(tokenizer.eos_token_id())
+        .unwrap_or(0);
+    let objective = LlavaSftObjective::new(pad_id, Some(processor.image_processor().clone()));
+    let (mut nll_sum, mut tokens) = (0.0f64, 0usize);
+    for chunk in items.chunks(args.batch_size.max(1)) {
+        let refs: Vec<&MultimodalItem> = chunk.iter().collect();
+        let (sum, _) = objective.evaluate(&loaded.model, &refs, &device)?;
+        nll_sum += sum;
+        tokens += refs.iter().map(|i| objective.tokens(i)).sum::<usize>();
+    }
+    if tokens == 0 {
+        bail!("{}: no assistant token to score", args.dataset.display());
+    }
+    let metric = match args.metric {
+        Metric::Nll => "nll",
+        _ => "ppl",
+    };
+    let line = serde_json::json!({
+        "metric": metric,
+        "nll_mean_per_sample": nll_sum / items.len() as f64,
+        "nll_sum": nll_sum,
+        "predicted_tokens": tokens,
+        "ppl": (nll_sum / tokens as f64).exp(),
+        "samples": items.len(),
+        "images": items.iter().map(|i| i.images.len()).sum::<usize>(),
     });
     println!("{line}");
     Ok(())
