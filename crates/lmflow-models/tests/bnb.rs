@@ -97,6 +97,12 @@ fn check_case(case: &str, dense_layers: &[&str]) -> usize {
             "{case}: {key} not a layer"
         );
     }
+    // Every stored tensor is read: the packed codes and all their quantisation companions.
+    let weights =
+        lmflow_models::WeightSource::open(&fixture(case), &device, burn::tensor::FloatDType::F32)
+            .unwrap();
+    lmflow_models::CausalLm::load(&p.config, &weights).unwrap();
+    assert_eq!(weights.unused(), Vec::<String>::new(), "{case}");
     let (ids, ids_shape) = &want["input_ids"];
     let ids = Tensor::<2, Int>::from_data(
         TensorData::new(i64s(ids), [ids_shape[0], ids_shape[1]]),
