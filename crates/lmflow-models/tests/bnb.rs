@@ -295,3 +295,56 @@ fn damaged_quantisation_tensors_name_the_layer() {
     let msg = load_err(tmp.path());
     assert!(msg.contains(victim), "{msg}");
 }
+
+#[test]
+fn sharded_bnb_checkpoint_loads_with_a_layer_split_across_shards() {
+    // Every other tensor to the second shard: a layer's packed codes and their absmax /
+    // quant_state end up in different files.
+    let src = fixture("qwen2-nf4");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let mut map = serde_json::Map::new();
+    for shard in 0..2 {
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let part: Vec<(String, safetensors::tensor::TensorView<'_>)> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == shard)
+            .map(|(_, n)| {
+                map.insert(n.clone(), file.clone().into());
+                (n.clone(), st.tensor(n).unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(part, None, &tmp.path().join(&file)).unwrap();
+    }
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let device = Device::flex();
+    let a = load_pretrained(&src, &device, &LoadOptions::default()).unwrap();
+    let b = load_pretrained(tmp.path(), &device, &LoadOptions::default()).unwrap();
+    let ids = || Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 7, 11], [1, 3]), &device);
+    let la: Vec<f32> = a
+        .model
+        .forward(ForwardInput::new(ids()), None)
+        .unwrap()
+        .logits
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let lb: Vec<f32> = b
+        .model
+        .forward(ForwardInput::new(ids()), None)
+        .unwrap()
+        .logits
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert_eq!(la, lb);
+}
