@@ -448,6 +448,23 @@ fn reload_stage1_model_and_stage2_adapter_match_transformers() {
         8,
         &device,
     );
+    // Stage 2 moved the projector and the adapters only: every base weight (vision tower and
+    // language model) is the stage-1 one, bit for bit.
+    let (w1, w2) = (weights(&stage1), weights(&stage2));
+    for (name, t1) in &w1 {
+        if !name.starts_with("multi_modal_projector.") {
+            assert_eq!(
+                t1.as_bytes(),
+                w2[name].as_bytes(),
+                "{name} changed in stage 2"
+            );
+        }
+    }
+    assert!(
+        w1.iter()
+            .any(|(n, t)| n.starts_with("multi_modal_projector.") && *t != w2[n]),
+        "the projector did not train in stage 2"
+    );
     let (ids, pixels) = reload_inputs();
     let [rows, seq] = ids.dims();
     let rust_stage1 = logits_of(&stage1, &ids, &pixels);
@@ -526,4 +543,22 @@ fn reload_stage1_model_and_stage2_adapter_match_transformers() {
     .unwrap();
     let reloaded2 = logits_of(&with_adapter, &ids, &pixels);
     assert!(max_abs_diff(&reloaded2, &hf_stage2) < 1e-4);
+}
+
+#[test]
+fn stage2_lora_refuses_vision_tower_targets() {
+    let _serial = serial();
+    let (_, model) = tiny_llava(&Device::flex());
+    // A plain name list also matches CLIP's q_proj (as in PEFT): refused.
+    let lora = LoraConfig::new(
+        4,
+        8.0,
+        lmflow_peft::TargetModules::Names(vec!["q_proj".into()]),
+    );
+    let err = prepare_stage(model, &LlavaStage::Lora(Box::new(lora)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.vision_tower."), "{err}");
+    assert!(err.contains("language model"), "{err}");
 }
