@@ -11,6 +11,9 @@
 //! - [`distributed`]: data-parallel training: the [`distributed::GradientSync`] seam the loop
 //!   calls once per optimizer step, ranks as threads ([`distributed::ThreadGroup`]) or MPI
 //!   processes (feature `mpi`), data sharding;
+//! - [`multimodal`]: LLaVA fine-tuning (stage 1: projector only; stage 2: LoRA on the language
+//!   model or the full language model) through the same loop, which is generic over the
+//!   trained module;
 //! - [`metrics`]: `metrics.jsonl` records and the loss-curve PNG;
 //! - [`checkpoint`]: atomic writes and the resumable [`TrainerState`];
 //! - [`run_folder`]: the run identity (`run.json`) that keeps two runs out of one folder.
