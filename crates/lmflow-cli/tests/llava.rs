@@ -85,6 +85,29 @@ fn llava_stage1_stage2_eval_and_generate_with_an_image() {
     let summary = last_json(&lmflow(&args));
     assert_eq!(summary["method"], "llava-projector");
     assert_eq!(summary["train_images"], 4);
+    // The same command with more steps resumes from the projector checkpoint.
+    let mut args = vec!["finetune", "--model", &model, "--output", stage1];
+    args.extend(common);
+    args.extend([
+        "--tune-mm-mlp-adapter",
+        "--max-steps",
+        "8",
+        "--learning-rate",
+        "1e-2",
+    ]);
+    let resumed = last_json(&lmflow(&args));
+    assert_eq!(resumed["steps"], 8);
+    let metrics = std::fs::read_to_string(Path::new(stage1).join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    // Logged every 5 steps and at the end of each run: 5, 6 (first run), 8 (resumed run).
+    assert_eq!(steps, [5, 6, 8]);
     let final1 = Path::new(stage1).join("final");
     for f in [
         "mm_projector.safetensors",
