@@ -124,6 +124,72 @@ fn eval_losses(summary: &serde_json::Value) -> (f64, f64) {
 }
 
 #[test]
+fn finetune_in_bf16_trains_f32_adapters_and_warns_that_full_is_pure_bf16() {
+    let out = tempfile::tempdir().unwrap();
+    let summary = finetune(&[
+        "--model",
+        &repo("assets/tiny-llama"),
+        "--dataset",
+        &repo("assets/data/capitals/train.json"),
+        "--eval-dataset",
+        &repo("assets/data/capitals/eval.json"),
+        "--output",
+        out.path().to_str().unwrap(),
+        "--max-steps",
+        "15",
+        "--dtype",
+        "bf16",
+        "--samples",
+        "0",
+    ]);
+    let (before, after) = eval_losses(&summary);
+    assert!(after < before - 0.5, "eval loss {before} -> {after}");
+    let bytes = std::fs::read(out.path().join("final/adapter_model.safetensors")).unwrap();
+    let adapter = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        adapter
+            .tensors()
+            .iter()
+            .all(|(_, t)| t.dtype() == safetensors::Dtype::F32)
+    );
+
+    let full = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+        ])
+        .arg(repo("assets/data/capitals/train.json"))
+        .arg("--output")
+        .arg(full.path())
+        .args([
+            "--full",
+            "--dtype",
+            "bf16",
+            "--max-steps",
+            "1",
+            "--samples",
+            "0",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("trains pure bf16"), "{err}");
+    let bytes = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
+    let model = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        model
+            .tensors()
+            .iter()
+            .all(|(_, t)| t.dtype() == safetensors::Dtype::BF16)
+    );
+}
+
+#[test]
 fn finetune_qlora_trains_adapters_on_an_nf4_base() {
     let out = tempfile::tempdir().unwrap();
     let summary = finetune(&[
