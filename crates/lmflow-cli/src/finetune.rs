@@ -476,6 +476,7 @@ fn run_identity(args: &Args, cfg: &TrainerConfig) -> anyhow::Result<RunIdentity>
             .to_string(),
         seed: Some(cfg.seed),
         world_size: 1,
+        dtype: args.dtype.name().into(),
         dataset: Some(
             DataFingerprint::of_path(&args.dataset)
                 .with_context(|| format!("cannot read {}", args.dataset.display()))?,

@@ -187,6 +187,24 @@ fn finetune_in_bf16_trains_f32_adapters_and_warns_that_full_is_pure_bf16() {
             .iter()
             .all(|(_, t)| t.dtype() == safetensors::Dtype::BF16)
     );
+
+    // The dtype is part of the run's identity: resuming that folder in f32 is refused by name.
+    let output = Command::new(env!("CARGO_BIN_EXE_lmflow"))
+        .args([
+            "finetune",
+            "--model",
+            &repo("assets/tiny-llama"),
+            "--dataset",
+        ])
+        .arg(repo("assets/data/capitals/train.json"))
+        .arg("--output")
+        .arg(full.path())
+        .args(["--full", "--max-steps", "2", "--samples", "0", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(err.contains("dtype: bf16 in the folder's run, f32 now"), "{err}");
 }
 
 #[test]

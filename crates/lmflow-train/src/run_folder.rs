@@ -121,6 +121,10 @@ pub struct RunIdentity {
     /// The data order and the global batch depend on it, so a resume with another world size
     /// is refused.
     pub world_size: usize,
+    /// Float dtype of the model weights (`f32`, `bf16` or `f16`; a `run.json` without it is an
+    /// `f32` run). Checkpointed full weights are stored in it and the numerics depend on it, so
+    /// a resume in another dtype is refused.
+    pub dtype: String,
 }
 
 impl Default for RunIdentity {
@@ -137,6 +141,7 @@ impl Default for RunIdentity {
             dataset: None,
             seed: None,
             world_size: 1,
+            dtype: "f32".into(),
         }
     }
 }
@@ -153,6 +158,7 @@ impl RunIdentity {
         "model",
         "optimizer",
         "world_size",
+        "dtype",
     ];
 
     /// Reads `<dir>/run.json`, `None` when the folder has none.
