@@ -204,7 +204,10 @@ fn finetune_in_bf16_trains_f32_adapters_and_warns_that_full_is_pure_bf16() {
         .unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
-    assert!(err.contains("dtype: bf16 in the folder's run, f32 now"), "{err}");
+    assert!(
+        err.contains("dtype: bf16 in the folder's run, f32 now"),
+        "{err}"
+    );
 }
 
 #[test]
