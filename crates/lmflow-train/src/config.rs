@@ -73,7 +73,9 @@ pub struct TrainerConfig {
     pub block_size: usize,
     /// Chunked cross-entropy: at most this many token positions are projected to the vocabulary
     /// at a time, so the `[tokens, vocab]` logits of a whole batch are never alive at once
-    /// (default 512; 0 computes the loss of the whole micro-batch at once). Results are equal
+    /// (default 512; 0 computes the loss of the whole micro-batch at once). A chunk never holds
+    /// more than [`MAX_CHUNK_LOGITS`](crate::loss::MAX_CHUNK_LOGITS) logits (110 positions for a
+    /// 151,936-token vocabulary). Results are equal
     /// either way (see [`chunked_lm_loss_backward`](crate::loss::chunked_lm_loss_backward)).
     pub loss_chunk_tokens: usize,
     /// Activation checkpointing per decoder layer (default false): the forward pass keeps

@@ -53,8 +53,24 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> LossOutput {
     }
 }
 
+/// Most logits one loss chunk holds: 2^24 values (64 MiB in f32). A chunk of `loss_chunk_tokens`
+/// positions is cut further for large vocabularies (151,936 for Qwen2: 110 positions), where one
+/// `[positions, vocab]` block in f32 plus its bf16 copy and the softmax backward would otherwise
+/// dominate a step's memory. Results do not depend on the chunk size.
+pub const MAX_CHUNK_LOGITS: usize = 1 << 24;
+
+/// Rows of one loss chunk: `chunk_rows`, at most [`MAX_CHUNK_LOGITS`]` / vocab`; 0 asks for
+/// all `rows` at once (unchunked, no bound).
+fn chunk_len(chunk_rows: usize, rows: usize, vocab: usize) -> usize {
+    if chunk_rows == 0 {
+        return rows.max(1);
+    }
+    chunk_rows.min(MAX_CHUNK_LOGITS / vocab.max(1)).max(1)
+}
+
 /// The next-token loss of a batch and the gradients of every parameter of `model`, with at most
-/// `chunk_rows` rows of `[rows, vocab]` logits alive at a time (chunked cross-entropy).
+/// `chunk_rows` rows of `[rows, vocab]` logits alive at a time (chunked cross-entropy; fewer
+/// when a chunk would exceed [`MAX_CHUNK_LOGITS`]).
 ///
 /// The decoder has run once with autodiff up to `hidden`. For each chunk of positions the head
 /// projects a detached copy of the chunk's hidden states, the chunk's cross-entropy is
@@ -88,7 +104,7 @@ pub fn chunked_lm_loss_backward(
             .reshape([rows, width]);
         let targets: Tensor<2, Int> = labels.slice([0..batch, 1..seq]).reshape([1, rows]);
         let detached = hidden_s.clone().detach();
-        let chunk = chunk_rows.max(1);
+        let chunk = chunk_len(chunk_rows.max(1), rows, model.vocab_size());
         let mut hidden_grads = Vec::with_capacity(rows.div_ceil(chunk));
         for start in (0..rows).step_by(chunk) {
             let end = (start + chunk).min(rows);
@@ -131,7 +147,8 @@ pub fn chunked_lm_loss_backward(
 /// activation checkpointing per decoder layer: only the input of each layer is kept from the
 /// forward pass (which runs outside autodiff), and each layer is run again, tracked, when the
 /// backward pass reaches it. The head and loss are chunked as in [`chunked_lm_loss_backward`]
-/// (`chunk_rows` rows of logits at a time; 0: all rows at once). Loss and gradients equal
+/// (`chunk_rows` rows of logits at a time, at most [`MAX_CHUNK_LOGITS`] logits; 0: all rows at
+/// once). Loss and gradients equal
 /// those of the model run without checkpointing; the forward pass costs twice as much.
 ///
 /// Peak activation memory becomes one `[batch, seq, hidden]` tensor per layer plus one
@@ -187,7 +204,7 @@ pub fn checkpointed_lm_loss_backward(
             .reshape([rows, width]);
         let targets: Tensor<2, Int> = labels.slice([0..batch, 1..seq]).reshape([1, rows]);
         let detached = hidden_s.clone().detach();
-        let chunk = if chunk_rows == 0 { rows } else { chunk_rows };
+        let chunk = chunk_len(chunk_rows, rows, model.vocab_size());
         let mut hidden_grads = Vec::with_capacity(rows.div_ceil(chunk));
         for start in (0..rows).step_by(chunk) {
             let end = (start + chunk).min(rows);
@@ -250,4 +267,21 @@ fn count_trained(trained: &Tensor<2, burn::tensor::Bool>) -> usize {
         .into_scalar::<i64>()
         .try_into()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_chunks_are_cut_for_large_vocabularies_only() {
+        // Qwen2's 151,936-token vocabulary: 2^24 / 151,936 = 110 positions per chunk.
+        assert_eq!(chunk_len(512, 511, 151_936), 110);
+        // Llama-2's 32,000 and the bundled 2,048: the requested 512 stays.
+        assert_eq!(chunk_len(512, 511, 32_000), 512);
+        assert_eq!(chunk_len(512, 511, 2_048), 512);
+        // 0 asks for the whole micro-batch at once; a chunk always has a row.
+        assert_eq!(chunk_len(0, 511, 151_936), 511);
+        assert_eq!(chunk_len(512, 511, usize::MAX), 1);
+    }
 }
