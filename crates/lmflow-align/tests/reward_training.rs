@@ -16,6 +16,19 @@ use lmflow_models::{LoadOptions, SequenceClassifier, load_sequence_classifier};
 use lmflow_peft::{LoraConfig, get_peft_model};
 use lmflow_train::{Trainer, TrainerConfig};
 
+/// The backend's random generator is shared by the tests of this process: each test takes this
+/// lock and seeds it, so the new score head is the same whichever test runs first.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded_device(seed: u64) -> (std::sync::MutexGuard<'static, ()>, Device) {
+    let guard = RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    (guard, device)
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -49,7 +62,7 @@ fn trainer_config(dir: &std::path::Path, lr: f64, epochs: f64) -> TrainerConfig 
 
 #[test]
 fn reward_model_learns_the_preference_rule() {
-    let device = Device::flex().autodiff();
+    let (_rng, device) = seeded_device(11);
     let loaded = load_sequence_classifier(
         &root().join("assets/tiny-llama"),
         &device,
@@ -118,7 +131,7 @@ fn reward_model_learns_the_preference_rule() {
 
 #[test]
 fn lora_reward_model_trains_adapter_and_head() {
-    let device = Device::flex().autodiff();
+    let (_rng, device) = seeded_device(12);
     let loaded = load_sequence_classifier(
         &root().join("assets/tiny-llama"),
         &device,
