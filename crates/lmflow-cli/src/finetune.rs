@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use lmflow_datasets::{
     ChatTemplate, Dataset, DatasetType, ReadOptions, SampleEncoder, TokenizeConfig,
     TokenizedSample, read_dataset,
@@ -14,8 +13,8 @@ use lmflow_optim::schedule::ScheduleKind;
 use lmflow_peft::{LoraConfig, TargetModules, get_peft_model};
 use lmflow_train::distributed::{GradientSync, SingleProcess, ThreadGroup};
 use lmflow_train::{
-    DataFingerprint, FullModelWeights, LoraWeights, RunIdentity, StartMode, TrainEvent,
-    TrainOutcome, Trainer, TrainerConfig, WeightsIo, plan_run_folder,
+    DataFingerprint, FullModelWeights, LoraWeights, RunIdentity, StartMode, TrainOutcome, Trainer,
+    TrainerConfig, WeightsIo, plan_run_folder,
 };
 
 use crate::device::{DeviceKind, resolve};
@@ -308,46 +307,9 @@ fn train_rank(
         Some(e) => Some(trainer.evaluate(&model, e)?),
         None => None,
     };
-    let bar = if quiet || !root {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let outcome = trainer.train(model, weights, train, eval, &mut |event| match event {
-        TrainEvent::Started {
-            total_steps,
-            start_step,
-            resumed_from,
-        } => {
-            bar.set_length(total_steps as u64);
-            bar.set_position(start_step as u64);
-            if let Some(p) = resumed_from {
-                bar.println(format!("resuming from {}", p.display()));
-            }
-        }
-        TrainEvent::Step {
-            step,
-            loss,
-            lr,
-            tokens_per_second,
-        } => {
-            bar.set_position(step as u64);
-            bar.set_message(format!(
-                "loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
-            ));
-        }
-        TrainEvent::Logged(r) => {
-            if let Some(e) = r.eval_loss {
-                bar.println(format!("step {}: eval loss {e:.4}", r.step));
-            }
-        }
-        TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
+    let bar = crate::progress::train_bar(quiet || !root);
+    let outcome = trainer.train(model, weights, train, eval, &mut |event| {
+        crate::progress::show(&bar, event)
     });
     let outcome = interrupt::exit_if_interrupted(outcome, &bar)?;
     bar.finish_and_clear();

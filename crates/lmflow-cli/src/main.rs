@@ -19,6 +19,7 @@ mod finetune;
 mod generate;
 mod init;
 mod merge;
+mod progress;
 mod reward;
 mod serve;
 mod tokenizer;

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use lmflow_datasets::multimodal::{
     LlavaProcessor, MultimodalEncoder, MultimodalReadOptions, read_multimodal,
 };
@@ -19,7 +18,7 @@ use lmflow_train::multimodal::{
     LlavaFullWeights, LlavaSftObjective, LlavaStage, MultimodalItem, ProjectorWeights,
     load_projector, prepare_stage,
 };
-use lmflow_train::{LoraWeights, StartMode, TrainEvent, Trainer, WeightsIo, plan_run_folder};
+use lmflow_train::{LoraWeights, StartMode, Trainer, WeightsIo, plan_run_folder};
 
 use super::{Args, default_block_size, interrupt, run_identity, trainer_config, validate_args};
 use crate::device::resolve;
@@ -218,46 +217,14 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         Some(e) => Some(trainer.evaluate_objective(&objective, &model, e)?.loss),
         None => None,
     };
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::train_bar(args.quiet);
     let outcome = trainer.train_objective(
         model,
         weights.as_ref(),
         &objective,
         &train,
         eval.as_deref(),
-        &mut |event| match event {
-            TrainEvent::Started {
-                total_steps,
-                start_step,
-                resumed_from,
-            } => {
-                bar.set_length(total_steps as u64);
-                bar.set_position(start_step as u64);
-                if let Some(p) = resumed_from {
-                    bar.println(format!("resuming from {}", p.display()));
-                }
-            }
-            TrainEvent::Step { step, loss, lr, .. } => {
-                bar.set_position(step as u64);
-                bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}"));
-            }
-            TrainEvent::Logged(r) => {
-                if let Some(e) = r.eval_loss {
-                    bar.println(format!("step {}: eval loss {e:.4}", r.step));
-                }
-            }
-            TrainEvent::Saved { path } => tracing::info!("checkpoint {}", path.display()),
-        },
+        &mut |event| crate::progress::show(&bar, event),
     );
     let outcome = interrupt::exit_if_interrupted(outcome, &bar)?;
     bar.finish_and_clear();
